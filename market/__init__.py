@@ -1,0 +1,3 @@
+"""Prediction markets for machine-learning data on an EVM chain."""
+
+__version__ = "0.1.0"

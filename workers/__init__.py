@@ -1,0 +1,1 @@
+"""Celery workers that drive markets through their phases."""
