@@ -34,6 +34,8 @@ class Sample:
 class TestSample:
     """A salted test sample as committed in the Merkle tree: leaf ``(index, salt, features, label)``."""
 
+    __test__ = False  # not a pytest test class despite the name
+
     index: int
     salt: bytes
     features: tuple[int, ...]
