@@ -93,6 +93,8 @@ interface IPredictionMarket {
     event ContributionsScored(uint256 from, uint256 count, uint256 initialAccuracy, bytes accuracies, bytes32 weightsHash);
     /// @dev A round of the reward computation ended at cumulative amount `total`.
     event RoundCompleted(uint256 total, uint256 remaining, uint256 removed);
+    /// @dev The training pass is complete; `weightsHash` commits to the trained model.
+    event TrainingCompleted(uint256 finalAccuracy, bytes32 weightsHash);
     /// @dev The rewards are final; contributors and the provider may withdraw.
     event RewardsFinalized(uint256 totalPayout, uint256 providerRemainder);
     /// @dev The market was cancelled.
@@ -107,7 +109,12 @@ interface IPredictionMarket {
     function contribute(uint32[] calldata features, uint8 label) external payable;
     function endMarket() external;
     function revealBatch(bytes calldata items, bytes32[] calldata proof, bool[] calldata proofFlags) external;
-    function processRewards(bytes calldata input) external;
+    function processRewards(
+        bytes calldata weights,
+        bytes calldata testSamples,
+        bytes calldata contributions,
+        uint256 count
+    ) external;
     function cancel() external;
     function withdraw(uint256[] calldata ids) external;
     function withdrawProvider() external;
