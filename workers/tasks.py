@@ -1,0 +1,154 @@
+"""Thin, idempotent tasks: the logic lives in ``market.orchestrator``, testable without Celery.
+
+``market.orchestrator`` is imported inside the task bodies, so that the worker starts (and
+answers ``ping``) even where the chain side is not importable, and so that importing this
+module never touches web3. It is expected to provide (see :class:`Orchestrator`):
+
+- ``reconcile() -> Iterable[str]``: the addresses of markets with a due step;
+- ``advance(address) -> (done, more)``: do one bounded batch of the market's next step under
+  the market lock (``market.locks.market_lock``) and say whether more work is due now. A
+  bare ``bool`` (``more``) or an object with a ``more`` attribute is accepted as well.
+  It raises ``LockNotAcquired`` when another worker is driving the market.
+
+Task names are stable (``market.*``): they are what sits in Redis across deployments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from functools import cache
+from typing import Any, Protocol, cast
+
+import redis
+
+from market.locks import LockNotAcquired
+from workers.celeryconf import app
+
+log = logging.getLogger(__name__)
+
+# Saleor-style bound: an advance re-queues itself while the orchestrator says there is more,
+# at most this many times in a row; after that the next reconcile tick takes over. A
+# 10,000-sample reveal needs a few dozen batches, so the bound only stops a step that keeps
+# saying "more" without progress from spinning faster than the reconcile interval.
+MAX_ADVANCE_INVOCATIONS = 100
+# One pending advance per market: reconcile runs every few seconds and would otherwise queue
+# a copy per tick while a long step runs. The marker expires so that a lost message is
+# re-queued; a duplicate is harmless (idempotent steps, market lock), only wasted work.
+ADVANCE_QUEUED_PREFIX = "market:advance-queued:"
+ADVANCE_QUEUED_TTL_S = 30
+# When the last reconcile ran: the beat health check reads it (workers/health.py).
+RECONCILE_HEARTBEAT_KEY = "market:reconcile:last"
+# Diagnostics answer in milliseconds; a minute means the worker is stuck.
+DIAGNOSTIC_TIME_LIMIT_S = 60
+
+
+class Orchestrator(Protocol):
+    """What the tasks expect of ``market.orchestrator``."""
+
+    def reconcile(self) -> Iterable[str]:
+        """Addresses of the markets that have a step due now."""
+        ...
+
+    def advance(self, address: str) -> object:
+        """One bounded batch of the market's next step; ``(done, more)``."""
+        ...
+
+
+def task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Register a task on the app under a stable name (Celery is untyped: one place says so)."""
+    return cast(Callable[[Callable[..., Any]], Any], app.task(name=name, **options))
+
+
+def _orchestrator() -> Orchestrator:
+    return cast(Orchestrator, importlib.import_module("market.orchestrator"))
+
+
+@cache
+def _redis() -> redis.Redis[bytes]:
+    # Created lazily in the process that runs tasks (after the prefork fork).
+    return redis.Redis.from_url(str(app.conf.broker_url))
+
+
+def has_more(result: object) -> bool:
+    """Whether an ``advance`` result says more work is due: ``(done, more)``, bool or ``.more``."""
+    if isinstance(result, tuple) and len(result) == 2:
+        return bool(result[1])
+    if isinstance(result, bool):
+        return result
+    return bool(getattr(result, "more", False))
+
+
+def enqueue_advance(address: str, invocation: int = 1) -> bool:
+    """Queue ``advance(address)`` unless one is already pending; whether it was queued."""
+    marker = ADVANCE_QUEUED_PREFIX + address.lower()
+    if not _redis().set(marker, 1, nx=True, ex=ADVANCE_QUEUED_TTL_S):
+        return False
+    advance.apply_async(args=(address,), kwargs={"invocation": invocation})
+    return True
+
+
+@task("market.reconcile")
+def reconcile() -> int:
+    """Queue an ``advance`` for every market with a due step; how many were queued."""
+    queued = sum(enqueue_advance(address) for address in _orchestrator().reconcile())
+    _redis().set(RECONCILE_HEARTBEAT_KEY, repr(time.time()))
+    return queued
+
+
+@task("market.advance")
+def advance(address: str, invocation: int = 1) -> bool:
+    """Drive one market a bounded batch forward; re-queue while there is more to do."""
+    # Cleared first: a reconcile during this run may queue the next batch.
+    _redis().delete(ADVANCE_QUEUED_PREFIX + address.lower())
+    try:
+        result = _orchestrator().advance(address)
+    except LockNotAcquired:
+        log.info("market %s is being driven by another worker", address)
+        return False
+    more = has_more(result)
+    if more and invocation < MAX_ADVANCE_INVOCATIONS:
+        enqueue_advance(address, invocation + 1)
+    elif more:
+        log.warning("market %s: %d batches in a row; reconcile continues", address, invocation)
+    return more
+
+
+@task(
+    "market.ping",
+    bind=True,
+    ignore_result=False,
+    soft_time_limit=DIAGNOSTIC_TIME_LIMIT_S,
+    time_limit=DIAGNOSTIC_TIME_LIMIT_S + 5,
+)
+def ping(self: Any) -> str:
+    """Health check: the name of the worker that answered."""
+    return str(self.request.hostname)
+
+
+@task("market.sleep_then_mark", bind=True)
+def sleep_then_mark(self: Any, key: str, seconds: float) -> str:
+    """Diagnostic: note the start in list ``key:started``, sleep, then set ``key``.
+
+    Used to check that a task whose worker is killed mid-run is redelivered and finishes
+    (acks_late): each delivery appends its worker's name to ``key:started``, and ``key``
+    holds the name of the worker that finished.
+    """
+    worker = str(self.request.hostname)
+    _redis().rpush(f"{key}:started", worker)
+    time.sleep(seconds)
+    _redis().set(key, worker)
+    return worker
+
+
+__all__ = [
+    "Orchestrator",
+    "advance",
+    "enqueue_advance",
+    "has_more",
+    "ping",
+    "reconcile",
+    "sleep_then_mark",
+]
