@@ -84,7 +84,8 @@ class CeleryConfig:
         self.task_reject_on_worker_lost = True
         # A task that raised or hit its time limit is acknowledged (Celery's default), not
         # redelivered: the next reconcile finds the market's step still due and retries it.
-        self.task_acks_on_failure_or_timeout = True
+        self.task_acks_on_failure = True
+        self.task_acks_on_timeout = True
         # One message per process: a long step must not hold others hostage in its prefetch
         # buffer while idle workers wait, and fewer messages sit unacknowledged.
         self.worker_prefetch_multiplier = 1
@@ -118,10 +119,10 @@ class CeleryConfig:
         }
 
 
-def create_app(settings: Settings | None = None) -> Celery:
-    """A Celery app on the settings' Redis (the worker's app, or a client for tests)."""
+def create_app(settings: Settings | None = None, env: dict[str, str] | None = None) -> Celery:
+    """A Celery app on the settings' Redis (the worker's app, or a client for the stack)."""
     app = Celery("market", include=["workers.tasks"])
-    app.config_from_object(CeleryConfig(settings or load_settings()))
+    app.config_from_object(CeleryConfig(settings or load_settings(env), env))
     return app
 
 
