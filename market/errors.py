@@ -1,7 +1,7 @@
 """The project's exceptions, in one tree.
 
 * MarketError
-  + InvalidInput (also ValueError) .................. field
+  + InvalidInput (also ValueError) .................. field, detail
     - InvalidSample ................................. reason, position
     - InvalidDataset ................................ row, column
     - InvalidParams
@@ -58,6 +58,7 @@ class InvalidInput(MarketError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.detail = message
 
 
 class InvalidSample(InvalidInput):
