@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from market.config import DEFAULT_LOCK_LEASE_S as DEFAULT_LEASE_S
+from market.errors import LockNotAcquired, MarketError
 
 KEY_PREFIX = "market:lock:"
 # How long a waiting acquirer sleeps between attempts: short against a lease of minutes,
@@ -44,16 +45,7 @@ return 0
 """
 
 
-class LockNotAcquired(RuntimeError):
-    """Another actor holds the market's lock (``key``) and did not release it in time."""
-
-    def __init__(self, key: str, waited_s: float) -> None:
-        super().__init__(f"lock {key!r} is held by another actor (waited {waited_s:.1f} s)")
-        self.key = key
-        self.waited_s = waited_s
-
-
-class LockLost(RuntimeError):
+class LockLost(MarketError):
     """The lease on ``key`` expired and may now belong to another actor: stop the step."""
 
     def __init__(self, key: str) -> None:
