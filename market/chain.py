@@ -8,7 +8,7 @@ test set, its initial weights) from the chain alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass
 from typing import Any, cast
 
@@ -16,6 +16,8 @@ from eth_typing import ChecksumAddress
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
+from web3.logs import DISCARD
+from web3.types import BlockIdentifier
 
 from market.contracts import load_artifact
 from market.types import Phase
@@ -47,7 +49,9 @@ class MarketParams:
 
     @classmethod
     def from_tuple(cls, values: Sequence[Any]) -> MarketParams:
-        (root, n, parts, dim, maxf, intercept, lr, stake, greater, minc, early, late, window) = values
+        (root, n, parts, dim, maxf, intercept, lr, stake, greater, minc, early, late, window) = (
+            values
+        )
         return cls(
             test_root=bytes(root),
             test_size=int(n),
@@ -66,7 +70,9 @@ class MarketParams:
 
     def portion_range(self, portion: int) -> tuple[int, int]:
         """Index range ``[p·n/P, (p+1)·n/P)`` of portion ``p``."""
-        return portion * self.test_size // self.portions, (portion + 1) * self.test_size // self.portions
+        return portion * self.test_size // self.portions, (
+            portion + 1
+        ) * self.test_size // self.portions
 
 
 @dataclass(frozen=True)
@@ -122,9 +128,7 @@ def _logs(event: Any, from_block: int, to_block: int | None = None, **filters: A
     start = from_block
     while start <= last:
         end = min(start + LOG_WINDOW_BLOCKS - 1, last)
-        out.extend(
-            event.get_logs(from_block=start, to_block=end, argument_filters=filters or None)
-        )
+        out.extend(event.get_logs(from_block=start, to_block=end, argument_filters=filters or None))
         start = end + 1
     out.sort(key=lambda log: (log["blockNumber"], log["logIndex"]))
     return out
@@ -162,7 +166,7 @@ class FactoryClient:
 
     def market_from_receipt(self, receipt: Any) -> str:
         """The market address a ``createMarket`` receipt created."""
-        events = self.contract.events.MarketCreated().process_receipt(receipt)
+        events = self.contract.events.MarketCreated().process_receipt(receipt, errors=DISCARD)
         if not events:
             raise ValueError("the receipt holds no MarketCreated event")
         return str(events[0]["args"]["market"])
@@ -182,7 +186,7 @@ class MarketClient:
 
     # ------------------------------------------------------------------ reads
 
-    def phase(self, block: int | str = "latest") -> Phase:
+    def phase(self, block: BlockIdentifier = "latest") -> Phase:
         return Phase(self.contract.functions.phase().call(block_identifier=block))
 
     def params(self) -> MarketParams:
@@ -283,9 +287,11 @@ class MarketClient:
         return {
             "provider": args["provider"],
             "bounty": int(args["bounty"]),
-            "params": MarketParams.from_tuple(tuple(args["params"].values()))
-            if isinstance(args["params"], dict)
-            else MarketParams.from_tuple(args["params"]),
+            "params": MarketParams.from_tuple(
+                tuple(args["params"].values())
+                if isinstance(args["params"], Mapping)
+                else args["params"]
+            ),
             "initial_weights": bytes(args["initialWeights"]),
             "block_number": int(logs[0]["blockNumber"]),
         }

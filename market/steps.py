@@ -1,0 +1,285 @@
+"""The next due step of a market, read from the chain, with its calldata built and sized.
+
+:func:`next_step` is the whole decision of the orchestrator: it reads the market's phase and
+progress from the chain (never from memory), and returns the one call that moves it forward,
+or ``None`` when nothing is due. Every step is idempotent: if another actor did it first, the
+next read sees the progress and plans the step after.
+
+Only the reveals need the provider's secrets; every later step is built from public events,
+so anyone can push a stalled market forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from web3.contract.contract import ContractFunction
+
+from market.chain import MarketClient, MarketParams
+from market.encoding import (
+    CHECKPOINT,
+    decode_reveal_items,
+    decode_sample,
+    encode_reveal_items,
+    encode_samples,
+)
+from market.merkle import StandardMerkleTree
+from market.model import Perceptron
+from market.types import Phase, Sample, TestSample
+
+# Reward stages of PredictionMarket.rewardStatus().
+STAGE_TRAIN = 0
+STAGE_DONE = 4
+# Fraction of the gas cap a step aims for: estimates move a little between the estimate and
+# the block (state written by other transactions), so a step keeps 10% headroom.
+FILL = 0.9
+
+
+@dataclass(frozen=True)
+class Step:
+    """One call to send: ``name`` for logs and status, ``call`` to sign, ``gas`` to use."""
+
+    name: str
+    call: ContractFunction
+    gas: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RevealBatch:
+    """REVEAL_ITEMs for some test indices, in the multiproof's order, with the proof."""
+
+    indices: tuple[int, ...]
+    items: bytes
+    proof: list[bytes]
+    flags: list[bool]
+
+
+@dataclass(frozen=True)
+class TrainingInput:
+    """Calldata of one training step (docs/protocol.md)."""
+
+    weights: bytes
+    test_samples: bytes
+    contributions: bytes
+    count: int
+
+
+def reveal_batch(
+    tree: StandardMerkleTree, samples: Sequence[TestSample], indices: Sequence[int]
+) -> RevealBatch:
+    """A multiproof reveal of ``samples[i]`` for ``i`` in ``indices``."""
+    multiproof = tree.get_multiproof(list(indices))
+    items = encode_reveal_items([samples[i] for i in multiproof.leaf_indices])
+    return RevealBatch(
+        tuple(multiproof.leaf_indices), items, multiproof.proof, multiproof.proof_flags
+    )
+
+
+def unrevealed_indices(params: MarketParams, portion: int, revealed: set[int]) -> list[int]:
+    """Test indices outside the public portion that are not revealed yet, ascending."""
+    start, end = params.portion_range(portion)
+    return [i for i in range(params.test_size) if not start <= i < end and i not in revealed]
+
+
+def revealed_test_set(batches: Sequence[bytes]) -> list[TestSample]:
+    """The revealed test samples in reveal order, from ``TestBatchRevealed`` items."""
+    return [item for batch in batches for item in decode_reveal_items(batch)]
+
+
+def training_input(
+    initial: Perceptron,
+    test: Sequence[Sample],
+    contributions: Sequence[Sample],
+    trained: int,
+    count: int,
+) -> TrainingInput:
+    """Calldata to train contributions ``trained+1 .. trained+count``.
+
+    The weights are the model after the first ``trained`` contributions; the contributions
+    cover whole checkpoint blocks around the trained range.
+    """
+    model = initial.copy()
+    for sample in contributions[:trained]:
+        model.update(sample.features, sample.label)
+    first = (trained // CHECKPOINT) * CHECKPOINT
+    last = min(-(-(trained + count) // CHECKPOINT) * CHECKPOINT, len(contributions))
+    return TrainingInput(
+        weights=model.weights_bytes(),
+        test_samples=encode_samples(test),
+        contributions=encode_samples(contributions[first:last]),
+        count=count,
+    )
+
+
+@dataclass
+class MarketView:
+    """What the planner reads of a market's public data (initial model, samples, reveals)."""
+
+    client: MarketClient
+    params: MarketParams
+    initial: Perceptron
+
+    @classmethod
+    def load(cls, client: MarketClient) -> MarketView:
+        init = client.initialized()
+        params: MarketParams = init["params"]
+        model = Perceptron.from_weights_bytes(
+            init["initial_weights"],
+            intercept=params.intercept,
+            learning_rate=params.learning_rate,
+            dim=params.dim,
+        )
+        return cls(client=client, params=params, initial=model)
+
+    def contributions(self) -> list[Sample]:
+        return [decode_sample(r.sample) for r in self.client.contributions()]
+
+    def test_set(self) -> list[Sample]:
+        return [t.sample for t in revealed_test_set(self.client.revealed_batches())]
+
+
+Estimator = Callable[[ContractFunction], int]
+
+
+def _largest_fitting(
+    build: Callable[[int], ContractFunction], upper: int, estimate: Estimator, budget: int
+) -> tuple[int, ContractFunction, int]:
+    """The largest ``k ≤ upper`` whose call's gas estimate fits ``budget``.
+
+    Starts from a linear extrapolation of one small estimate and shrinks by the overshoot, so
+    it usually needs two or three estimates.
+    """
+    probe = min(upper, 4)
+    call = build(probe)
+    gas = estimate(call)
+    if probe == upper and gas <= budget:
+        return probe, call, gas
+    per_unit = max(1, gas // probe)
+    k = max(1, min(upper, probe * budget // max(gas, 1), budget // per_unit))
+    while True:
+        call = build(k)
+        gas = estimate(call)
+        if gas <= budget or k == 1:
+            return k, call, gas
+        k = max(1, min(k - 1, k * budget // gas))
+
+
+def next_step(
+    client: MarketClient,
+    *,
+    gas_cap: int,
+    secrets: tuple[StandardMerkleTree, Sequence[TestSample]] | None = None,
+    sender: str | None = None,
+    view: MarketView | None = None,
+) -> Step | None:
+    """The call that moves the market forward now, or ``None`` if nothing is due.
+
+    ``secrets`` (the provider's tree and salted samples) are needed for the two reveals;
+    without them those steps are not planned. ``sender`` is the account that will send,
+    used for gas estimation and for the provider's withdrawal.
+    """
+    w3 = client.w3
+    phase = client.phase()
+    info = client.info()
+    budget = int(gas_cap * FILL)
+
+    def estimate(call: ContractFunction) -> int:
+        return int(call.estimate_gas({"from": sender} if sender else {}))
+
+    if phase == Phase.COMMITTED:
+        if not info.drawn:
+            # Nodes estimate against the latest block, so wait until it is past the draw block.
+            if w3.eth.block_number > info.draw_block:
+                return Step("draw", client.draw())
+            return None
+        if secrets is None:
+            return None
+        tree, samples = secrets
+        params = client.params()
+        start, end = params.portion_range(info.portion)
+        batch = reveal_batch(tree, samples, range(start, end))
+        return Step(
+            "reveal_public",
+            client.reveal_public(batch.items, batch.proof, batch.flags),
+            detail={"portion": info.portion, "samples": len(batch.indices)},
+        )
+
+    if phase == Phase.PARTICIPATION:
+        params = client.params()
+        count, _ = client.contribution_stats()
+        now = int(w3.eth.get_block("latest")["timestamp"])
+        if now >= params.earliest_end and count >= params.min_contributions:
+            return Step("end", client.end_market(), detail={"contributions": count})
+        return None
+
+    if phase == Phase.REVEAL:
+        if secrets is None:
+            return None
+        tree, samples = secrets
+        params = client.params()
+        revealed = {t.index for t in revealed_test_set(client.revealed_batches())}
+        pending = unrevealed_indices(params, info.portion, revealed)
+        if not pending:
+            return None
+
+        def build_reveal(k: int) -> ContractFunction:
+            b = reveal_batch(tree, samples, pending[:k])
+            return client.reveal_batch(b.items, b.proof, b.flags)
+
+        k, call, gas = _largest_fitting(build_reveal, len(pending), estimate, budget)
+        return Step(
+            "reveal",
+            call,
+            gas=_with_margin(gas, gas_cap),
+            detail={"samples": k, "remaining": len(pending) - k},
+        )
+
+    if phase == Phase.REWARD:
+        status = client.reward_status()
+        if status.stage == STAGE_TRAIN:
+            view = view or MarketView.load(client)
+            contributions = view.contributions()
+            test = view.test_set()
+            trained = status.trained
+
+            def build_train(k: int) -> ContractFunction:
+                t = training_input(view.initial, test, contributions, trained, k)
+                return client.process_rewards(t.weights, t.test_samples, t.contributions, k)
+
+            k, call, gas = _largest_fitting(
+                build_train, len(contributions) - trained, estimate, budget
+            )
+            return Step(
+                "train",
+                call,
+                gas=_with_margin(gas, gas_cap),
+                detail={"contributions": k, "trained": trained + k, "total": len(contributions)},
+            )
+        # Rounds and settlement stop by themselves when gasleft() runs low: give them the cap.
+        return Step(
+            "rewards", client.process_rewards(), gas=gas_cap, detail={"stage": status.stage}
+        )
+
+    is_provider = sender is not None and sender.lower() == info.provider.lower()
+    if (
+        phase in (Phase.COLLECT, Phase.CANCELLED)
+        and is_provider
+        and not client.provider_withdrawn()
+        and _provider_amount(client, phase, info) > 0
+    ):
+        return Step("withdraw_provider", client.withdraw_provider())
+    return None
+
+
+def _provider_amount(client: MarketClient, phase: Phase, info: Any) -> int:
+    if phase == Phase.COLLECT:
+        return client.provider_remainder()
+    return 0 if client.public_portion() is not None else int(info.bounty)
+
+
+def _with_margin(estimate: int, cap: int) -> int:
+    """Gas limit for a sized step: the estimate plus 10%, never above the cap."""
+    return min(cap, estimate + estimate // 10)
