@@ -60,7 +60,7 @@ from market.errors import (
     TransactionTimeout,
     decode_revert,
 )
-from market.nonces import NonceSource
+from market.nonces import NonceAllocator, NonceSource
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +150,15 @@ class TxResult:
 
 
 class TxStats:
-    """Counters of sent, replaced and reverted transactions and of retried RPC calls.
+    """Counters of sent, replaced, reverted and confirmed transactions, of transactions
+    refused before sending (gas cap, a revert at estimation) and of retried RPC calls.
 
     In-process (``snapshot()``) and, with a Redis client, mirrored into the hash
     ``market:tx:stats`` so that benchmarks can add up every worker's figures
     (:func:`read_tx_stats`).
     """
 
-    NAMES = ("sent", "replaced", "reverted", "confirmed", "rpc_retries")
+    NAMES = ("sent", "replaced", "reverted", "confirmed", "refused", "rpc_retries")
 
     def __init__(self, client: redis.Redis[Any] | None = None, key: str = STATS_KEY) -> None:
         self.client = client
@@ -261,6 +262,25 @@ class TxSender:
         self.stats = stats or TxStats()
         self._chain_id: int | None = None
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        w3: Web3,
+        account: LocalAccount,
+        client: redis.Redis[Any],
+        **overrides: Any,
+    ) -> TxSender:
+        """A worker's sender: nonces and counters shared through Redis, configured limits."""
+        chain_id = int(w3.eth.chain_id)
+        return cls(
+            w3,
+            account,
+            nonces=NonceAllocator(client, chain_id, pending_count(w3)),
+            settings=TxSettings.from_settings(settings, **overrides),
+            stats=TxStats(client),
+        )
+
     # ------------------------------------------------------------------------- public
 
     def transact(self, fn: ContractFunction, *, value: int = 0, gas: int | None = None) -> TxResult:
@@ -319,6 +339,7 @@ class TxSender:
         cap = self.settings.gas_cap
         if gas is not None:
             if gas > cap:
+                self.stats.add("refused")
                 raise GasCapExceeded(gas, cap, what)
             return gas
         try:
@@ -327,8 +348,12 @@ class TxSender:
             )
         except ContractLogicError as exc:
             # Refused before signing: the call would revert in the current state.
-            raise decode_revert(_revert_data(exc)) from exc
+            self.stats.add("refused")
+            error = decode_revert(_revert_data(exc))
+            log.warning("%s from %s refused at estimation: %s", what, self.address, error)
+            raise error from exc
         if estimate > cap:
+            self.stats.add("refused")
             raise GasCapExceeded(estimate, cap, what)
         return min(cap, estimate * (100 + self.settings.gas_margin_percent) // 100)
 
