@@ -123,3 +123,28 @@ def test_task_of_a_killed_pool_process_is_requeued_at_once(
     assert worker.alive()
     assert elapsed < LONG_VISIBILITY_S / 2
     print(f"requeued and finished {elapsed:.1f} s after the kill")
+
+
+@pytest.mark.timeout(90)
+def test_beat_enqueues_reconcile_on_its_interval(redis_url: str, tmp_path: Path) -> None:
+    # given a stack with beat and a half-second reconcile interval
+    with local_stack(
+        redis_url=redis_url,
+        chain=False,
+        beat=True,
+        env={"MARKET_RECONCILE_INTERVAL_S": "0.5"},
+        log_dir=tmp_path / "log",
+        run_dir=tmp_path / "run",
+    ) as stack:
+        [worker] = stack.workers
+        assert stack.beat is not None
+
+        # when a few intervals pass
+        def received() -> int:
+            return worker.log_path.read_text().count("Task market.reconcile[")
+
+        # then the worker keeps receiving market.reconcile, once per interval
+        wait_for(lambda: received() >= 3, 30, "three reconcile tasks from beat")
+        assert "Scheduler: Sending due task reconcile (market.reconcile)" in (
+            stack.beat.log_path.read_text()
+        )
