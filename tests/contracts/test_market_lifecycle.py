@@ -13,22 +13,26 @@ from tests.contracts.chaintools import send
 from tests.contracts.scenario import MarketSpec, hidden_rule, random_sample, random_spec, run_market
 
 
-def _honest_and_flippers(rng: random.Random) -> MarketSpec:
-    spec = random_spec(rng, contributions=0, n=40, dim=32)
+def _honest_and_flippers(rng: random.Random, n: int = 120, k: int = 60) -> MarketSpec:
+    """Accounts 1..4 contribute honest labels; account 5 flips labels and deposits 3×."""
+    spec = random_spec(rng, contributions=0, n=n, dim=32)
     spec.bounty = 10**18
     spec.min_stake = 10**16
     spec.allow_greater = True
+    spec.max_features = 8
+    spec.weights = [0] * spec.dim
+    spec.intercept = 0
+    spec.learning_rate = 1
     rule = hidden_rule(spec.dim, rng)
     spec.test = []
-    for i in range(40):
-        s = random_sample(rng, spec.dim, rule, rng.randint(2, spec.max_features))
+    for i in range(n):
+        s = random_sample(rng, spec.dim, rule, rng.randint(3, 8))
         spec.test.append(TestSample(i, rng.randbytes(32), s.features, s.label))
-    for i in range(40):
-        account = 1 + i % 5  # accounts 1..4 honest, 5 flips labels and deposits more
+    for i in range(k):
+        account = 1 + i % 5
         flip = account == 5
-        sample = random_sample(rng, spec.dim, rule, rng.randint(2, spec.max_features), flip=flip)
-        value = spec.min_stake * (3 if flip else 1)
-        spec.contributions.append((account, sample, value))
+        sample = random_sample(rng, spec.dim, rule, rng.randint(3, 8), flip=flip)
+        spec.contributions.append((account, sample, spec.min_stake * (3 if flip else 1)))
     return spec
 
 
@@ -67,10 +71,11 @@ def test_full_lifecycle_matches_mirror_to_the_wei(
     assert client.balance() == 0
     assert client.phase() == Phase.COLLECT
 
-    # and the label-flipper lost money while the honest accounts gained
-    assert run.mirror.account_payouts[accounts[5].address] < 40 // 5 * 3 * spec.min_stake
+    # and the label-flipper lost money while the honest accounts gained together
+    deposited = {a: sum(v for b, _, v in spec.contributions if b == a) for a in range(1, 6)}
+    assert run.mirror.account_payouts[accounts[5].address] < deposited[5]
     honest = sum(run.mirror.account_payouts[accounts[a].address] for a in range(1, 5))
-    assert honest > 32 * spec.min_stake
+    assert honest > sum(deposited[a] for a in range(1, 5))
 
 
 def test_small_gas_budget_still_progresses(
