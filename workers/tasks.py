@@ -1,14 +1,16 @@
 """Thin, idempotent tasks: the logic lives in ``market.orchestrator``, testable without Celery.
 
 ``market.orchestrator`` is imported inside the task bodies, so that the worker starts (and
-answers ``ping``) even where the chain side is not importable, and so that importing this
-module never touches web3. It is expected to provide (see :class:`Orchestrator`):
+answers ``ping``) even where the chain side cannot be imported, and so that a broken
+orchestrator fails its tasks visibly instead of the worker. It is expected to provide (see
+:class:`Orchestrator`):
 
 - ``reconcile() -> Iterable[str]``: the addresses of markets with a due step;
 - ``advance(address) -> (done, more)``: do one bounded batch of the market's next step under
   the market lock (``market.locks.market_lock``) and say whether more work is due now. A
   bare ``bool`` (``more``) or an object with a ``more`` attribute is accepted as well.
-  It raises ``LockNotAcquired`` when another worker is driving the market.
+  It raises ``LockNotAcquired`` when another worker is driving the market, and
+  ``LockLost`` when its lease ran out mid-step; both end the task quietly.
 
 Task names are stable (``market.*``): they are what sits in Redis across deployments.
 """
@@ -24,7 +26,8 @@ from typing import Any, Protocol, cast
 
 import redis
 
-from market.locks import LockNotAcquired
+from market.errors import LockNotAcquired
+from market.locks import LockLost
 from workers.celeryconf import app
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,11 @@ def advance(address: str, invocation: int = 1) -> bool:
         result = _orchestrator().advance(address)
     except LockNotAcquired:
         log.info("market %s is being driven by another worker", address)
+        return False
+    except LockLost:
+        # The step outlived its lease without renewing it; whoever holds the lock now
+        # carries on from the chain, and the next reconcile checks on it.
+        log.warning("market %s: lease lost mid-step", address)
         return False
     more = has_more(result)
     if more and invocation < MAX_ADVANCE_INVOCATIONS:
