@@ -285,6 +285,8 @@ class TxSender:
 
     def transact(self, fn: ContractFunction, *, value: int = 0, gas: int | None = None) -> TxResult:
         """Send a call of a bound contract function and wait until it is confirmed."""
+        # web3's encoder for a bound call; the public build_transaction would also estimate
+        # gas and fetch fees, which this class does itself, with retries and the cap.
         data = HexBytes(fn._encode_transaction_data())
         return self.send(to=fn.address, data=bytes(data), value=value, gas=gas, what=fn.fn_name)
 
@@ -489,6 +491,8 @@ class TxSender:
             )
         except ContractLogicError as exc:
             data = _revert_data(exc)
+        except Web3RPCError as exc:  # e.g. a node without that block's state: no data
+            log.warning("replaying %s at block %d failed: %s", tx_hash, block, exc)
         error = decode_revert(data)
         error.add_note(f"transaction {tx_hash} reverted in block {block}")
         error.tx_hash = tx_hash  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from market.errors import (
     GasCapExceeded,
     MarketDepositTooLow,
     RpcUnavailable,
+    TransactionTimeout,
 )
 from market.nonces import LocalNonces, NonceAllocator, nonce_key
 from market.services import Anvil, free_port
@@ -233,6 +234,23 @@ def test_stuck_transaction_is_replaced_with_higher_fees_and_mined(
     assert mined["maxPriorityFeePerGas"] >= first_tip * 1125 // 1000
     assert mined["maxFeePerGas"] >= first_max_fee * 1125 // 1000
     assert w3.eth.get_balance(accounts[10].address) >= ETHER
+
+
+def test_unmined_transaction_times_out_with_its_hash(
+    w3: Web3, accounts: list[LocalAccount], redis_url: str, snapshot: None
+) -> None:
+    settings = TxSettings(poll_interval_s=0.02, replace_after_s=60, receipt_timeout_s=0.5)
+    sender = make_sender(w3, accounts[11], redis_url, settings)
+    rpc(w3, "evm_setAutomine", False)
+    try:
+        with pytest.raises(TransactionTimeout) as caught:
+            sender.send(to=accounts[12].address, value=1)
+        pool = rpc(w3, "txpool_content")["pending"]
+        hashes = [tx["hash"] for txs in pool.values() for tx in txs.values()]
+        assert hashes == [caught.value.tx_hash]  # sent, still waiting, not replaced
+        assert caught.value.timeout_s == 0.5
+    finally:
+        rpc(w3, "evm_setAutomine", True)
 
 
 # ----------------------------------------------------------------------------- RPC outage
