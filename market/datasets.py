@@ -281,15 +281,18 @@ def _from_records(
     numeric: list[list[float]] = []
     texts: list[str] = []
     sparse: list[tuple[int, ...]] = []
+    # Without a header or named columns, the first JSONL row names the features and every row
+    # must have exactly those; named columns ignore other keys, as a CSV header does.
+    inferred = header is None and feature_columns is None
     for row, line, record in records:
         if row >= max_rows:
             raise dataset_error(f"more than the limit of {max_rows} rows (line {line})", row=row)
-        if feature_columns is None:  # JSONL without explicit columns: the first row decides
+        if feature_columns is None:
             feature_columns = tuple(k for k in record if k != label_column)
             if not feature_columns:
                 raise dataset_error("has no feature columns besides the label", row=row)
         if header is None:
-            _check_keys(record, row, label_column, feature_columns)
+            _check_keys(record, row, label_column, feature_columns, exact=inferred)
         labels.append(_parse_label(record[label_column], row, label_column))
         if kind == "numeric":
             numeric.append([_parse_number(record[c], row, c, from_text) for c in feature_columns])
@@ -331,13 +334,18 @@ def _check_header(
 
 
 def _check_keys(
-    record: dict[str, Any], row: int, label_column: str, feature_columns: tuple[str, ...]
+    record: dict[str, Any],
+    row: int,
+    label_column: str,
+    feature_columns: tuple[str, ...],
+    *,
+    exact: bool,
 ) -> None:
     for name in (label_column, *feature_columns):
         if name not in record:
             raise dataset_error("the column is missing from this row", row=row, column=name)
     extra = sorted(set(record) - {label_column, *feature_columns})
-    if extra:
+    if exact and extra:
         raise dataset_error(
             f"unexpected columns {extra}; rows must all have the same columns "
             f"(expected {[label_column, *feature_columns]})",

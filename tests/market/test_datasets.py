@@ -69,8 +69,10 @@ def test_jsonl_numeric_text_sparse() -> None:
     assert ds.columns == ("x", "z")
     assert ds.numeric is not None and ds.numeric.tolist() == [[1.0, 2.5], [-1.0, 0.0]]
     assert ds.labels.tolist() == [0, 1]
-    text = load_dataset(b'{"text": "hi there", "label": 1}', kind="text")
-    assert text.text == ("hi there",)
+    text = load_dataset(b'{"id": 7, "text": "hi there", "label": 1}', kind="text")
+    assert text.text == ("hi there",)  # named columns ignore other keys, like a CSV header
+    picked = load_dataset(b'{"a": 1, "b": 2, "label": 1}\n{"b": 3, "label": 0}', columns=["b"])
+    assert picked.numeric is not None and picked.numeric.tolist() == [[2.0], [3.0]]
     sparse = load_dataset(b'{"features": [0, 9], "label": 0}', format="jsonl", kind="sparse")
     assert sparse.sparse == ((0, 9),)
 
