@@ -93,6 +93,7 @@ class Encoder(ABC):
 # --- text ----------------------------------------------------------------------------------------
 
 # Letters and digits (Unicode), no underscore and no punctuation: "Don't" -> "don", "t".
+# ASCII text tokenizes the same under every Python; other scripts follow Python's Unicode tables.
 _WORD = re.compile(r"[^\W_]+")
 # BLAKE2b personalisation keeps these hashes apart from any other use of BLAKE2b.
 _TEXT_PERSON = b"market.text.v1"
@@ -122,6 +123,8 @@ class HashedTextEncoder(Encoder):
 
     name: ClassVar[str] = "hashed_text"
     kind: ClassVar[DatasetKind] = "text"
+    # Half the contract's limit: a few thousand distinct words rarely collide, and the weights
+    # every training step re-supplies as calldata (8 bytes each) stay at 32 KB.
     dim: int = 4096
     max_features: int = MAX_FEATURES
     bigrams: bool = False
