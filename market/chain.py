@@ -328,6 +328,13 @@ class MarketClient:
             return None
         return int(logs[0]["args"]["portion"]), bytes(logs[0]["args"]["items"])
 
+    def rounds(self) -> list[tuple[int, int, int]]:
+        """Each ``RoundCompleted``: (cumulative amount T, remaining bounty R, removed count)."""
+        return [
+            (int(log["args"]["total"]), int(log["args"]["remaining"]), int(log["args"]["removed"]))
+            for log in _logs(self.contract.events.RoundCompleted(), self._from_block())
+        ]
+
     def scored(self) -> list[tuple[int, int, list[int]]]:
         """Each ``ContributionsScored``: (from, initial accuracy, A_i list)."""
         out = []
