@@ -1,0 +1,219 @@
+"""Drives markets: finds due steps (``reconcile``) and performs them (``advance``).
+
+The chain is the source of truth. ``advance`` takes the market's lock, asks
+:func:`market.steps.next_step` what is due *now* (a fresh read of the chain), sends it
+through the one nonce stream of the operator account (:class:`market.tx.TxSender`), and
+repeats for a bounded number of steps. A step that another worker already did is simply
+not planned again; a worker killed mid-step leaves either a mined transaction (the next
+read sees its effect) or none (the step is planned again), never a half-done step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import redis
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from market import status as status_cache
+from market.chain import FactoryClient, MarketClient
+from market.config import Settings, load_settings
+from market.errors import ChainError, MarketError, RpcUnavailable, VaultError
+from market.locks import market_lock
+from market.merkle import StandardMerkleTree
+from market.steps import Step, next_step
+from market.tx import TxSender
+from market.types import Phase
+from market.vault import Vault
+
+log = logging.getLogger(__name__)
+
+# Steps per advance: a batch long enough to amortize the lock and the reads, short enough
+# that one busy market does not hold a worker away from the others for long.
+MAX_STEPS_PER_ADVANCE = 8
+MAX_SECONDS_PER_ADVANCE = 60.0
+
+
+@dataclass(frozen=True)
+class AdvanceResult:
+    """What one ``advance`` did: steps sent, and whether more work is due now."""
+
+    done: int
+    more: bool
+    steps: tuple[str, ...] = ()
+
+
+class Orchestrator:
+    """The service's view of the chain, Redis and the vault, for one operator account."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        w3: Web3 | None = None,
+        cache: redis.Redis[Any] | None = None,
+        account: LocalAccount | None = None,
+    ) -> None:
+        if settings.factory_address is None:
+            raise MarketError("MARKET_FACTORY is not set: the factory whose markets to drive")
+        self.settings = settings
+        self.w3 = w3 or Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 30}))
+        self.cache: redis.Redis[Any] = cache or redis.Redis.from_url(settings.redis_url)
+        if account is None:
+            if settings.operator_key is None:
+                raise MarketError("MARKET_OPERATOR_KEY is not set: the account that sends steps")
+            account = Account.from_key(settings.operator_key)
+        self.account = account
+        self.factory = FactoryClient(self.w3, settings.factory_address)
+        from market.registry import Registry
+
+        self.registry = Registry(self.cache, self.factory, settings.vault_dir)
+        self._vault: Vault | None = None
+        self._sender: TxSender | None = None
+
+    @property
+    def sender(self) -> TxSender:
+        if self._sender is None:
+            self._sender = TxSender.from_settings(self.settings, self.w3, self.account, self.cache)
+        return self._sender
+
+    @property
+    def vault(self) -> Vault:
+        if self._vault is None:
+            self._vault = Vault.from_settings(self.settings)
+        return self._vault
+
+    # ------------------------------------------------------------------ reconcile
+
+    def reconcile(self) -> list[str]:
+        """Refresh every unfinished market's status; the ones with a step due now."""
+        self.registry.sync()
+        due: list[str] = []
+        for address in self.registry.active():
+            market = self.registry.client(address)
+            try:
+                current = status_cache.refresh(
+                    self.cache, market, confirmations=self.settings.confirmations
+                )
+            except Exception as exc:  # one broken market must not stop the others
+                log.warning("market %s: status refresh failed: %s", address, exc)
+                continue
+            if current["final"] and self._provider_done(market):
+                self.registry.mark_finished(address)
+                continue
+            if self._is_due(market, current):
+                due.append(market.address)
+        return due
+
+    def _provider_done(self, market: MarketClient) -> bool:
+        info = market.info()
+        if info.provider.lower() != self.account.address.lower():
+            return True
+        return (
+            next_step(market, gas_cap=self.settings.tx_gas_cap, sender=self.account.address) is None
+        )
+
+    def _is_due(self, market: MarketClient, current: dict[str, Any]) -> bool:
+        """Cheap check from the fresh status: is there anything to send?"""
+        phase = Phase(current["phase_code"])
+        if phase == Phase.PARTICIPATION:
+            now = int(self.w3.eth.get_block("latest")["timestamp"])
+            return bool(
+                now >= current["earliest_end"]
+                and current["contributions"] >= current["params"]["min_contributions"]
+            )
+        if phase == Phase.COMMITTED:
+            return bool(current["drawn"]) or int(self.w3.eth.block_number) > int(
+                market.info().draw_block
+            )
+        return True
+
+    # ------------------------------------------------------------------ advance
+
+    def advance(self, address: str) -> AdvanceResult:
+        """Send up to a bounded number of due steps of one market, under its lock."""
+        market = self.registry.client(address)
+        sent: list[str] = []
+        started = time.monotonic()
+        with market_lock(self.cache, address, lease_s=self.settings.lock_lease_s) as lease:
+            secrets = self._secrets(market)
+            while len(sent) < MAX_STEPS_PER_ADVANCE:
+                if time.monotonic() - started > MAX_SECONDS_PER_ADVANCE:
+                    return AdvanceResult(len(sent), True, tuple(sent))
+                step = self._plan(market, secrets)
+                if step is None:
+                    break
+                self._send(market, step)
+                sent.append(step.name)
+                lease.extend()
+            more = len(sent) == MAX_STEPS_PER_ADVANCE
+        status_cache.refresh(self.cache, market, confirmations=self.settings.confirmations)
+        return AdvanceResult(len(sent), more, tuple(sent))
+
+    def _plan(
+        self, market: MarketClient, secrets: tuple[StandardMerkleTree, Any] | None
+    ) -> Step | None:
+        try:
+            return next_step(
+                market,
+                gas_cap=self.settings.tx_gas_cap,
+                secrets=secrets,
+                sender=self.account.address,
+            )
+        except (ChainError, RpcUnavailable) as exc:
+            status_cache.record_error(self.cache, market.address, "plan", exc)
+            raise
+
+    def _send(self, market: MarketClient, step: Step) -> None:
+        log.info("market %s: %s %s", market.address, step.name, step.detail)
+        try:
+            result = self.sender.transact(step.call, gas=step.gas)
+        except MarketError as exc:
+            status_cache.record_error(self.cache, market.address, step.name, exc)
+            raise
+        status_cache.record_transaction(
+            self.cache,
+            market.address,
+            step.name,
+            result.tx_hash,
+            result.gas_used,
+            result.block_number,
+        )
+
+    def _secrets(self, market: MarketClient) -> tuple[StandardMerkleTree, Any] | None:
+        """The provider's tree and samples, when this service launched the market."""
+        phase = market.phase()
+        if phase not in (Phase.COMMITTED, Phase.REVEAL):
+            return None
+        if not self.vault.exists(market.address):
+            return None
+        try:
+            root = market.params().test_root
+            secrets = self.vault.load(market.address, expected_root=root)
+        except VaultError as exc:
+            status_cache.record_error(self.cache, market.address, "vault", exc)
+            raise
+        return StandardMerkleTree.load(dict(secrets.tree)), list(secrets.samples)
+
+
+@cache
+def _default() -> Orchestrator:
+    return Orchestrator(load_settings())
+
+
+def reconcile() -> Iterable[str]:
+    """Markets with a step due now (the Celery ``market.reconcile`` task calls this)."""
+    return _default().reconcile()
+
+
+def advance(address: str) -> tuple[int, bool]:
+    """One bounded batch of a market's steps (the Celery ``market.advance`` task)."""
+    result = _default().advance(address)
+    return result.done, result.more

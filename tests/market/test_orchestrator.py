@@ -1,0 +1,160 @@
+"""The orchestrator without Celery: launch, then reconcile/advance until the market settles."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import redis
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from market import status as status_cache
+from market.config import Settings
+from market.encoding import decode_sample
+from market.errors import InvalidParams
+from market.launch import LaunchSpec, deploy_factory, launch_market
+from market.model import Perceptron
+from market.orchestrator import Orchestrator
+from market.rewards import Contribution, compute_rewards
+from market.steps import revealed_test_set
+from market.tx import TxSender
+from market.types import Address, Phase, Sample, Wei
+from market.vault import generate_vault_key
+from tests.contracts.chaintools import increase_time, mine, send
+
+
+def _sample(rng: random.Random, dim: int, rule: list[int], flip: bool = False) -> Sample:
+    features = tuple(sorted(rng.sample(range(dim), rng.randint(2, 6))))
+    label = int(sum(rule[j] for j in features) > 0)
+    return Sample(features, 1 - label if flip else label)
+
+
+@pytest.fixture
+def orchestrator(
+    w3: Web3, accounts: list[LocalAccount], redis_url: str, tmp_path: Path, anvil: object
+) -> Orchestrator:
+    operator = accounts[0]
+    base = Settings(
+        rpc_url=w3.provider.endpoint_uri,  # type: ignore[attr-defined]
+        redis_url=redis_url,
+        vault_dir=tmp_path / "vault",
+        vault_key=generate_vault_key(),
+        operator_key=operator.key.hex(),
+    )
+    cache = redis.Redis.from_url(redis_url)
+    sender = TxSender.from_settings(base, w3, operator, cache)
+    factory = deploy_factory(sender)
+    settings = Settings(**{**base.__dict__, "factory_address": factory})
+    return Orchestrator(settings, w3=w3, cache=cache, account=operator)
+
+
+def _drive(w3: Web3, orch: Orchestrator, rounds: int = 200) -> None:
+    for _ in range(rounds):
+        due = orch.reconcile()
+        if not due:
+            market = orch.registry.client(orch.registry.markets().popitem()[0])
+            phase = market.phase()
+            if phase == Phase.COLLECT and orch.registry.active() == []:
+                return
+            if phase == Phase.PARTICIPATION:
+                increase_time(w3, 120)
+            else:
+                mine(w3)
+            continue
+        for address in due:
+            orch.advance(address)
+    raise AssertionError("the market did not finish")
+
+
+def test_launch_then_orchestrate_to_collect(
+    w3: Web3, accounts: list[LocalAccount], orchestrator: Orchestrator, snapshot: None
+) -> None:
+    rng = random.Random(3)
+    dim = 24
+    rule = [rng.choice((-2, -1, 1, 2)) for _ in range(dim)]
+    spec = LaunchSpec(
+        test_set=[_sample(rng, dim, rule) for _ in range(60)],
+        dim=dim,
+        bounty=10**18,
+        min_stake=10**16,
+        portions=5,
+        earliest_end_s=300,
+        latest_end_s=600,
+        reveal_window_s=600,
+        metadata={"name": "test market"},
+    )
+    launched = launch_market(orchestrator, spec)
+    assert orchestrator.registry.metadata(launched.address) == {
+        "name": "test market",
+        "launched_at": orchestrator.registry.metadata(launched.address)["launched_at"],  # type: ignore[index]
+    }
+    market = orchestrator.registry.client(launched.address)
+    # the service draws and reveals the public portion by itself
+    while market.phase() == Phase.COMMITTED:
+        mine(w3)
+        for address in orchestrator.reconcile():
+            orchestrator.advance(address)
+    assert market.public_portion() is not None
+    for i in range(20):
+        account = accounts[1 + i % 4]
+        sample = _sample(rng, dim, rule, flip=(i % 4 == 3))
+        send(w3, account, market.contribute(sample.features, sample.label), value=10**16)
+    _drive(w3, orchestrator)
+    assert market.phase() == Phase.COLLECT
+    test = revealed_test_set(market.revealed_batches())
+    contributions = [
+        Contribution(Address(r.contributor), Wei(r.deposit), decode_sample(r.sample))
+        for r in market.contributions()
+    ]
+    mirror = compute_rewards(
+        model=Perceptron.zeros(dim),
+        test=test,
+        contributions=contributions,
+        bounty=10**18,
+        min_stake=10**16,
+    )
+    assert [market.payout_of(i) for i in range(1, 21)] == list(mirror.payouts)
+    assert market.provider_withdrawn()  # the operator is the provider and took its remainder
+    cached = status_cache.read_status(orchestrator.cache, launched.address)
+    assert cached is not None and cached["phase"] == "COLLECT" and cached["final"]
+    steps = [t["step"] for t in cached["transactions"]]
+    assert {"draw", "reveal_public", "end", "reveal", "train", "rewards"} <= set(steps)
+    who = accounts[1].address
+    view = status_cache.contributor_status(
+        cached, status_cache.read_contributors(orchestrator.cache, launched.address), who
+    )
+    assert view["state"] == "claimable"
+    assert int(view["amount"]) == mirror.account_payouts[Address(who)]
+    assert view["projected_payout"] == str(mirror.account_payouts[Address(who)])
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"portions": 1}, "portions"),
+        ({"bounty": 0}, "bounty"),
+        ({"test_set": [Sample((1,), 0)]}, "test_set"),
+        ({"test_set": [Sample((1,), 2)] * 4}, "test_set[0]"),
+        ({"test_set": [Sample((3, 1), 0)] * 4}, "test_set[0]"),
+        ({"initial_weights": [0] * 3}, "initial_weights"),
+        ({"min_stake": 0}, "min_stake"),
+    ],
+)
+def test_bad_launch_is_refused_before_sending(
+    w3: Web3, orchestrator: Orchestrator, change: dict[str, object], field: str
+) -> None:
+    base: dict[str, object] = {
+        "test_set": [Sample((1, 2), 1)] * 4,
+        "dim": 8,
+        "bounty": 10**18,
+        "min_stake": 10**16,
+        "portions": 2,
+    }
+    nonce = w3.eth.get_transaction_count(orchestrator.account.address)
+    with pytest.raises(InvalidParams) as info:
+        launch_market(orchestrator, LaunchSpec(**{**base, **change}))  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert field in str(info.value)
+    assert w3.eth.get_transaction_count(orchestrator.account.address) == nonce
