@@ -18,6 +18,7 @@
     - GasCapExceeded ................................ estimate, cap, what
     - RpcUnavailable ................................ url, attempts
   + LockNotAcquired ................................. key, waited_s
+  + LockLost ........................................ key
 
 Every exception keeps its fields as attributes and survives pickling (Celery ships
 exceptions between processes), so callers branch on types and fields, never on messages.
@@ -423,6 +424,14 @@ class LockNotAcquired(MarketError):
         self.waited_s = waited_s
 
 
+class LockLost(MarketError):
+    """The lease on ``key`` expired and may now belong to another actor: stop the step."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"lease on {key!r} was lost: it expired or another actor holds it")
+        self.key = key
+
+
 __all__ = [
     "CUSTOM_ERRORS",
     "ChainError",
@@ -433,6 +442,7 @@ __all__ = [
     "InvalidInput",
     "InvalidParams",
     "InvalidSample",
+    "LockLost",
     "LockNotAcquired",
     "MarketAlreadyDrawn",
     "MarketCannotEnd",

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from market.config import DEFAULT_LOCK_LEASE_S as DEFAULT_LEASE_S
-from market.errors import LockNotAcquired, MarketError
+from market.errors import LockLost, LockNotAcquired
 
 KEY_PREFIX = "market:lock:"
 # How long a waiting acquirer sleeps between attempts: short against a lease of minutes,
@@ -43,14 +43,6 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-class LockLost(MarketError):
-    """The lease on ``key`` expired and may now belong to another actor: stop the step."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"lease on {key!r} was lost: it expired or another actor holds it")
-        self.key = key
 
 
 def lock_key(address: str) -> str:
