@@ -325,14 +325,16 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
     ) external {
         _requirePhase(Phase.Reward);
         RewardState memory state = _reward;
+        bool trained;
         if (state.stage == STAGE_TRAIN) {
             _trainStep(state, weights, testSamples, contributions, count);
-            if (state.stage == STAGE_TRAIN) {
-                _reward = state;
-                return;
-            }
+            trained = true;
         }
-        _roundSteps(state);
+        // A call that trained has made its progress: it goes on with the rounds only while the
+        // gas left covers a unit. A rounds-only call always does at least one unit.
+        if (state.stage != STAGE_TRAIN && (!trained || gasleft() > _unitGas(state.heapSize))) {
+            _roundSteps(state);
+        }
         _reward = state;
     }
 
