@@ -126,7 +126,7 @@ def running(
             operator_key=accounts[0].key.hex(),
             reconcile_interval_s=RECONCILE_INTERVAL_S,
             lock_lease_s=LOCK_LEASE_S,
-            **({"tx_gas_cap": gas_cap} if gas_cap else {}),
+            **({"tx_gas_cap": gas_cap} if gas_cap else {}),  # type: ignore[arg-type]
         )
         factory = deploy_factory(TxSender.from_settings(base, w3, accounts[0], cache))
         settings = Settings(**{**base.__dict__, "factory_address": factory})
@@ -210,8 +210,10 @@ def wait_phase(env: E2E, address: str, phases: set[Phase], timeout_s: float) -> 
     """Wait until the market is in one of ``phases`` (read from the chain)."""
     market = env.client(address)
     names = "/".join(p.name for p in phases)
-    return wait_for(
-        lambda: (p := market.phase()) in phases and p, timeout_s, f"{address} to reach {names}"
+    return Phase(
+        wait_for(
+            lambda: (p := market.phase()) in phases and p, timeout_s, f"{address} to reach {names}"
+        )
     )
 
 
@@ -226,14 +228,16 @@ def contribute_all(
     """
     w3 = env.w3
     participants = env.accounts[first_account:]
-    nonces = {a.address: w3.eth.get_transaction_count(a.address, "pending") for a in participants}
+    nonces = {
+        a.address: int(w3.eth.get_transaction_count(a.address, "pending")) for a in participants
+    }
     fee = 2 * int(w3.eth.get_block("latest").get("baseFeePerGas", 0)) + 10**9
     hashes = []
     for k, (address, s) in enumerate(orders):
         account = participants[k % len(participants)]
         call = env.client(address).contribute(s.features, s.label)
-        tx = call.build_transaction(
-            {
+        tx: Any = call.build_transaction(
+            {  # type: ignore[arg-type]
                 "from": account.address,
                 "value": STAKE,
                 "gas": 400_000,
@@ -317,18 +321,19 @@ def operator_transactions(w3: Web3, address: str, from_block: int = 0) -> list[O
     out = []
     for number in range(from_block, int(w3.eth.block_number) + 1):
         block = w3.eth.get_block(number, full_transactions=True)
-        for tx in block["transactions"]:
-            if str(tx["from"]).lower() != address.lower():  # type: ignore[index]
+        for item in block["transactions"]:
+            tx: Any = item
+            if str(tx["from"]).lower() != address.lower():
                 continue
-            receipt = w3.eth.get_transaction_receipt(tx["hash"])  # type: ignore[index]
+            receipt = w3.eth.get_transaction_receipt(tx["hash"])
             out.append(
                 OperatorTx(
-                    nonce=int(tx["nonce"]),  # type: ignore[index]
+                    nonce=int(tx["nonce"]),
                     block=number,
                     status=int(receipt["status"]),
                     gas_used=int(receipt["gasUsed"]),
-                    to=tx["to"],  # type: ignore[index]
-                    selector=bytes(tx["input"][:4]).hex(),  # type: ignore[index]
+                    to=tx["to"],
+                    selector=bytes(tx["input"][:4]).hex(),
                 )
             )
     return sorted(out, key=lambda t: t.nonce)
