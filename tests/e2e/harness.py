@@ -126,10 +126,13 @@ def running(
             operator_key=accounts[0].key.hex(),
             reconcile_interval_s=RECONCILE_INTERVAL_S,
             lock_lease_s=LOCK_LEASE_S,
-            **({"tx_gas_cap": gas_cap} if gas_cap else {}),  # type: ignore[arg-type]
         )
+        # The factory deploys under the default cap: a small test cap is for market steps.
         factory = deploy_factory(TxSender.from_settings(base, w3, accounts[0], cache))
-        settings = Settings(**{**base.__dict__, "factory_address": factory})
+        changes: dict[str, Any] = {"factory_address": factory}
+        if gas_cap is not None:
+            changes["tx_gas_cap"] = gas_cap
+        settings = Settings(**{**base.__dict__, **changes})
         rpc = worker_rpc_url(node.url) if worker_rpc_url else node.url
         stack_env = {
             "MARKET_FACTORY": factory,
