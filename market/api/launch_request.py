@@ -135,9 +135,7 @@ def _fit(params: LaunchParams, dataset_rows: int, columns: tuple[str, ...], data
             return HashedTextEncoder(
                 dim=params.dim or 4096, max_features=cap, bigrams=params.bigrams
             )
-        if params.dim is None:
-            raise InvalidParams("dim", "precomputed_sparse needs dim (feature indices are < dim)")
-        return PrecomputedSparseEncoder(dim=params.dim, max_features=cap)
+        return PrecomputedSparseEncoder(dim=params.dim or 0, max_features=cap)
     except InvalidInput:  # the dataset's own errors, and the dim rules above
         raise
     except ValueError as exc:  # an encoder parameter out of range
@@ -148,6 +146,8 @@ def build_launch(
     params: LaunchParams, source: bytes | Path, *, filename: str, max_bytes: int
 ) -> tuple[LaunchSpec, FeatureSpec]:
     """Load and encode the test set, then validate the whole launch; nothing is sent."""
+    if params.encoder == "precomputed_sparse" and params.dim is None:
+        raise InvalidParams("dim", "precomputed_sparse needs dim (feature indices are < dim)")
     fmt: DatasetFormat | None = params.format
     if fmt is None and filename:
         suffix = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
