@@ -32,7 +32,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class TestSample:
-    """A salted test sample as committed in the Merkle tree (leaf ``index, salt, features, label``)."""
+    """A salted test sample as committed: Merkle leaf ``(index, salt, features, label)``."""
 
     __test__ = False  # not a pytest test class despite the name
 
