@@ -25,6 +25,7 @@ from starlette.types import Message
 from web3 import Web3
 
 from market.api.errors import ApiError, UploadTooLarge, install_handlers
+from market.api.fastpath import PollFastPath
 from market.api.launch_request import (
     LaunchFromPath,
     LaunchParams,
@@ -168,6 +169,9 @@ def create_app(
     )
     app.state.services = services
     install_handlers(app)
+    app.add_middleware(
+        PollFastPath, reader=services.reader, staleness_s=settings.status_staleness_s
+    )
 
     def require_token(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import pydantic
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -111,6 +112,11 @@ async def _busy(_: Request, exc: Exception) -> JSONResponse:
     return _json(503, error_body(f"busy, try again: {exc}"), {"Retry-After": "5"})
 
 
+async def _cache_down(_: Request, exc: Exception) -> JSONResponse:
+    log.error("status cache unavailable: %s", exc)
+    return _json(503, error_body("the status cache (Redis) is unavailable; try again"))
+
+
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     # Missing configuration (factory, operator key, vault key): the operator's to fix.
     log.error("service error: %s", exc)
@@ -138,4 +144,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CommitmentMismatch, _commitment)
     app.add_exception_handler(VaultError, _service_error)
     app.add_exception_handler(MarketError, _service_error)
+    app.add_exception_handler(redis.RedisError, _cache_down)
     app.add_exception_handler(Exception, _last_resort)

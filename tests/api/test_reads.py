@@ -210,3 +210,30 @@ async def test_polls_are_memoised_briefly(make_app: Callable[..., FastAPI], redi
         time.sleep(0.15)
         second = (await api.get(f"/markets/{MARKET}/contributors/{ALICE}")).json()
     assert (first["state"], second["state"]) == ("open", "computing")
+
+
+async def test_poll_answers_503_when_redis_is_down(make_app: Callable[..., FastAPI]) -> None:
+    async with serve(make_app(redis_url="redis://127.0.0.1:1/0")) as api:
+        answer = await api.get(f"/markets/{MARKET}/contributors/{ALICE}")
+    assert answer.status_code == 503
+    assert "Redis" in answer.json()["detail"]
+
+
+async def test_fast_path_serves_the_contributor_view(
+    make_app: Callable[..., FastAPI], redis_url: str
+) -> None:
+    """The poll served before routing is the contributor view the route would build."""
+    from market.api.views import StatusReader
+    from market.config import Settings
+
+    _fill(redis_url, _status("REWARD", age_s=1.0), _contributors())
+    app = make_app()
+    async with serve(app) as api:
+        fast = await api.get(f"/markets/{MARKET}/contributors/{ALICE}")
+    assert fast.headers["content-type"] == "application/json"
+    reader = StatusReader(redis_url, 0.0)
+    slow_view = await reader.contributor(MARKET, ALICE, Settings().status_staleness_s)
+    fast_view = fast.json()
+    for view in (fast_view, slow_view):
+        view.pop("age_s")
+    assert fast_view == slow_view
