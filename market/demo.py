@@ -232,7 +232,7 @@ class Demo:
         node = start_anvil(block_time=config.block_time_s)
         try:
             w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 30}))
-            cache: redis.Redis[Any] = redis.Redis.from_url(self.redis_url)
+            cache: redis.Redis = redis.Redis.from_url(self.redis_url)
             cache.flushdb()  # the demo's own database (see DEMO_REDIS_DB)
             base = Settings(
                 rpc_url=node.url,

@@ -59,7 +59,7 @@ def _ms(seconds: float) -> int:
 class Lease:
     """A held lock: ``extend`` renews it, ``release`` gives it up; both check the token."""
 
-    def __init__(self, client: redis.Redis[Any], key: str, token: str, lease_s: float) -> None:
+    def __init__(self, client: redis.Redis, key: str, token: str, lease_s: float) -> None:
         self.client = client
         self.key = key
         self.token = token
@@ -98,7 +98,7 @@ def _text(value: bytes | str) -> str:
 
 
 def try_acquire(
-    client: redis.Redis[Any], key: str, *, lease_s: float = DEFAULT_LEASE_S
+    client: redis.Redis, key: str, *, lease_s: float = DEFAULT_LEASE_S
 ) -> Lease | None:
     """One ``SET key token NX PX lease`` attempt: the lease, or None when the key is taken."""
     token = secrets.token_hex(16)
@@ -108,7 +108,7 @@ def try_acquire(
 
 
 def acquire(
-    client: redis.Redis[Any],
+    client: redis.Redis,
     key: str,
     *,
     lease_s: float = DEFAULT_LEASE_S,
@@ -128,7 +128,7 @@ def acquire(
 
 @contextlib.contextmanager
 def market_lock(
-    client: redis.Redis[Any],
+    client: redis.Redis,
     address: str,
     *,
     lease_s: float = DEFAULT_LEASE_S,

@@ -118,7 +118,7 @@ class NonceAllocator:
 
     def __init__(
         self,
-        client: redis.Redis[Any],
+        client: redis.Redis,
         chain_id: int,
         pending_count: PendingCount,
         *,

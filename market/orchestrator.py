@@ -58,14 +58,14 @@ class Orchestrator:
         settings: Settings,
         *,
         w3: Web3 | None = None,
-        cache: redis.Redis[Any] | None = None,
+        cache: redis.Redis | None = None,
         account: LocalAccount | None = None,
     ) -> None:
         if settings.factory_address is None:
             raise MarketError("MARKET_FACTORY is not set: the factory whose markets to drive")
         self.settings = settings
         self.w3 = w3 or Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 30}))
-        self.cache: redis.Redis[Any] = cache or redis.Redis.from_url(settings.redis_url)
+        self.cache: redis.Redis = cache or redis.Redis.from_url(settings.redis_url)
         if account is None:
             if settings.operator_key is None:
                 raise MarketError("MARKET_OPERATOR_KEY is not set: the account that sends steps")

@@ -27,7 +27,7 @@ class Registry:
     """Markets of one factory: addresses, creation blocks, metadata, finished flags."""
 
     def __init__(
-        self, cache: redis.Redis[Any], factory: FactoryClient, metadata_dir: Path | None = None
+        self, cache: redis.Redis, factory: FactoryClient, metadata_dir: Path | None = None
     ) -> None:
         self.cache = cache
         self.factory = factory

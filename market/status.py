@@ -43,23 +43,23 @@ def contributors_key(address: str) -> str:
     return CONTRIBUTORS_PREFIX + address.lower()
 
 
-def read_status(client: redis.Redis[Any], address: str) -> dict[str, Any] | None:
+def read_status(client: redis.Redis, address: str) -> dict[str, Any] | None:
     """The cached status of a market, or ``None`` if the cache has none."""
     raw = client.get(status_key(address))
     return None if raw is None else dict(json.loads(raw))
 
 
-def read_contributors(client: redis.Redis[Any], address: str) -> dict[str, Any]:
+def read_contributors(client: redis.Redis, address: str) -> dict[str, Any]:
     raw = client.get(contributors_key(address))
     return {} if raw is None else dict(json.loads(raw))
 
 
-def _write(client: redis.Redis[Any], key: str, value: Mapping[str, Any]) -> None:
+def _write(client: redis.Redis, key: str, value: Mapping[str, Any]) -> None:
     client.set(key, json.dumps(value, sort_keys=True))
 
 
 def record_transaction(
-    client: redis.Redis[Any], address: str, name: str, tx_hash: str, gas_used: int, block: int
+    client: redis.Redis, address: str, name: str, tx_hash: str, gas_used: int, block: int
 ) -> None:
     """Append a sent step to the market's transaction history."""
     status = read_status(client, address) or {"address": address}
@@ -73,7 +73,7 @@ def record_transaction(
     _write(client, status_key(address), status)
 
 
-def record_error(client: redis.Redis[Any], address: str, step: str, error: BaseException) -> None:
+def record_error(client: redis.Redis, address: str, step: str, error: BaseException) -> None:
     """Remember the last failure of a market's step, for operators and the API."""
     status = read_status(client, address) or {"address": address}
     status["last_error"] = {
@@ -97,7 +97,7 @@ def _reward_progress(stage: int, trained: int, settled: int, active: int, count:
 
 
 def refresh(
-    cache: redis.Redis[Any], market: MarketClient, *, confirmations: int = 1
+    cache: redis.Redis, market: MarketClient, *, confirmations: int = 1
 ) -> dict[str, Any]:
     """Read a market from the chain into the status cache; the new status."""
     w3 = market.w3
@@ -157,7 +157,7 @@ def refresh(
 
 
 def _refresh_contributors(
-    cache: redis.Redis[Any],
+    cache: redis.Redis,
     market: MarketClient,
     phase: Phase,
     final: bool,

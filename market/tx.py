@@ -160,7 +160,7 @@ class TxStats:
 
     NAMES = ("sent", "replaced", "reverted", "confirmed", "refused", "rpc_retries")
 
-    def __init__(self, client: redis.Redis[Any] | None = None, key: str = STATS_KEY) -> None:
+    def __init__(self, client: redis.Redis | None = None, key: str = STATS_KEY) -> None:
         self.client = client
         self.key = key
         self._counts = dict.fromkeys(self.NAMES, 0)
@@ -182,7 +182,7 @@ class TxStats:
             return dict(self._counts)
 
 
-def read_tx_stats(client: redis.Redis[Any], key: str = STATS_KEY) -> dict[str, int]:
+def read_tx_stats(client: redis.Redis, key: str = STATS_KEY) -> dict[str, int]:
     """The counters summed over every process that mirrored them into Redis."""
     raw = cast(Mapping[bytes | str, bytes | str], client.hgetall(key))
     counts = dict.fromkeys(TxStats.NAMES, 0)
@@ -268,7 +268,7 @@ class TxSender:
         settings: Settings,
         w3: Web3,
         account: LocalAccount,
-        client: redis.Redis[Any],
+        client: redis.Redis,
         **overrides: Any,
     ) -> TxSender:
         """A worker's sender: nonces and counters shared through Redis, configured limits."""

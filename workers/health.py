@@ -28,7 +28,7 @@ def max_reconcile_age_s(settings: Settings) -> float:
     return max(MIN_MAX_AGE_S, MISSED_TICKS * settings.reconcile_interval_s)
 
 
-def reconcile_age_s(client: redis.Redis[Any]) -> float | None:
+def reconcile_age_s(client: redis.Redis) -> float | None:
     """Seconds since the last reconcile ran, or None if none ran since Redis started."""
     stamp = client.get(RECONCILE_HEARTBEAT_KEY)
     return None if stamp is None else time.time() - float(stamp)

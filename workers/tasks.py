@@ -70,7 +70,7 @@ def _orchestrator() -> Orchestrator:
 
 
 @cache
-def _redis() -> redis.Redis[bytes]:
+def _redis() -> redis.Redis:
     # Created lazily in the process that runs tasks (after the prefork fork).
     return redis.Redis.from_url(str(app.conf.broker_url))
 

@@ -80,7 +80,7 @@ class _Services:
     def __init__(self, settings: Settings, factory: OrchestratorFactory) -> None:
         self.settings = settings
         self._factory = factory
-        self.cache: redis.Redis[Any] = redis.Redis.from_url(settings.redis_url)
+        self.cache: redis.Redis = redis.Redis.from_url(settings.redis_url)
         ttl = min(MAX_MEMO_S, settings.status_staleness_s * MEMO_FRACTION)
         self.reader = StatusReader(settings.redis_url, ttl)
         self._orchestrator: Orchestrator | None = None

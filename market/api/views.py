@@ -54,11 +54,11 @@ class StatusReader:
         self.redis_url = redis_url
         self.ttl_s = ttl_s
         self._memo: dict[str, tuple[float, dict[str, Any] | None, dict[str, Any]]] = {}
-        self._client: aioredis.Redis[Any] | None = None
+        self._client: aioredis.Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
-    def client(self) -> aioredis.Redis[Any]:
+    def client(self) -> aioredis.Redis:
         """The asyncio Redis client of the running event loop (its connections belong to it)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:

@@ -81,7 +81,7 @@ class E2E:
     anvil: Anvil
     w3: Web3
     stack: Stack
-    cache: redis.Redis[Any]
+    cache: redis.Redis
     orchestrator: Orchestrator
     accounts: list[LocalAccount]
     settings: Settings
@@ -116,7 +116,7 @@ def running(
         w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 60}))
         wait_for(w3.is_connected, 20, "anvil")
         accounts = dev_accounts()
-        cache: redis.Redis[Any] = redis.Redis.from_url(redis_url)
+        cache: redis.Redis = redis.Redis.from_url(redis_url)
         vault_dir = tmp_path / "vault"
         base = Settings(
             rpc_url=node.url,

@@ -19,8 +19,8 @@ MARKET = "0x00000000000000000000000000000000000000AA"
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis[bytes]]:
-    connection: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    connection: redis.Redis = redis.Redis.from_url(redis_url)
     yield connection
     connection.close()
 
@@ -41,7 +41,7 @@ def python(code: str, redis_url: str) -> subprocess.Popen[str]:
 
 
 @pytest.mark.timeout(60)
-def test_processes_never_hold_the_lock_together(redis_url: str, client: redis.Redis[bytes]) -> None:
+def test_processes_never_hold_the_lock_together(redis_url: str, client: redis.Redis) -> None:
     # given four processes that each do a read-sleep-write increment 25 times under the lock:
     # without mutual exclusion, overlapping increments are lost
     rounds, workers = 25, 4
@@ -67,7 +67,7 @@ def test_processes_never_hold_the_lock_together(redis_url: str, client: redis.Re
 
 
 @pytest.mark.timeout(60)
-def test_lease_of_a_sigkilled_holder_expires(redis_url: str, client: redis.Redis[bytes]) -> None:
+def test_lease_of_a_sigkilled_holder_expires(redis_url: str, client: redis.Redis) -> None:
     # given a process that took the lock with a 1.5 s lease and hangs
     holder = python(
         f"""
@@ -97,7 +97,7 @@ def test_lease_of_a_sigkilled_holder_expires(redis_url: str, client: redis.Redis
     holder.stderr.close()
 
 
-def test_release_after_expiry_leaves_the_new_holders_lock(client: redis.Redis[bytes]) -> None:
+def test_release_after_expiry_leaves_the_new_holders_lock(client: redis.Redis) -> None:
     key = lock_key(MARKET)
     # given a holder whose lease expired and a second actor who took the lock after it
     stale = acquire(client, key, lease_s=0.1)
@@ -115,7 +115,7 @@ def test_release_after_expiry_leaves_the_new_holders_lock(client: redis.Redis[by
     assert not client.exists(key)
 
 
-def test_extend_renews_the_lease(client: redis.Redis[bytes]) -> None:
+def test_extend_renews_the_lease(client: redis.Redis) -> None:
     key = lock_key(MARKET)
     # given a lease of 0.5 s
     lease = acquire(client, key, lease_s=0.5)
@@ -135,7 +135,7 @@ def test_extend_renews_the_lease(client: redis.Redis[bytes]) -> None:
 
 
 def test_context_manager_refuses_a_held_lock_and_releases_its_own(
-    client: redis.Redis[bytes],
+    client: redis.Redis,
 ) -> None:
     # given the market locked by someone else
     other = acquire(client, lock_key(MARKET), lease_s=10)
@@ -156,6 +156,6 @@ def test_context_manager_refuses_a_held_lock_and_releases_its_own(
     assert not client.exists(lock_key(MARKET))
 
 
-def test_lease_must_be_positive(client: redis.Redis[bytes]) -> None:
+def test_lease_must_be_positive(client: redis.Redis) -> None:
     with pytest.raises(ValueError, match="lease_s"):
         acquire(client, lock_key(MARKET), lease_s=0)

@@ -57,7 +57,7 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
     return value
 
 
-def started(client: redis.Redis[bytes], key: str) -> list[str]:
+def started(client: redis.Redis, key: str) -> list[str]:
     return [value.decode() for value in client.lrange(f"{key}:started", 0, -1)]
 
 
@@ -77,7 +77,7 @@ def test_a_real_worker_answers_ping(stack: Stack) -> None:
 def test_task_of_a_sigkilled_worker_is_redelivered_and_finishes(
     stack: Stack, redis_url: str
 ) -> None:
-    client: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
+    client: redis.Redis = redis.Redis.from_url(redis_url)
     key = "diag:killed-mid-task"
     [first] = stack.workers
     # given a long task running on the first worker
@@ -105,7 +105,7 @@ def test_task_of_a_killed_pool_process_is_requeued_at_once(
     slow_redelivery_stack: Stack, redis_url: str
 ) -> None:
     stack = slow_redelivery_stack
-    client: redis.Redis[bytes] = redis.Redis.from_url(redis_url)
+    client: redis.Redis = redis.Redis.from_url(redis_url)
     key = "diag:child-killed"
     [worker] = stack.workers
     [child] = worker.children()
