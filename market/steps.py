@@ -25,6 +25,7 @@ from market.encoding import (
     encode_reveal_items,
     encode_samples,
 )
+from market.errors import GasCapExceeded
 from market.merkle import StandardMerkleTree
 from market.model import Perceptron
 from market.types import Phase, Sample, TestSample
@@ -258,7 +259,7 @@ def next_step(
         return Step(
             "reveal",
             call,
-            gas=_with_margin(gas, gas_cap),
+            gas=_with_margin(gas, gas_cap, "revealBatch"),
             detail={"samples": k, "remaining": len(pending) - k},
         )
 
@@ -280,7 +281,7 @@ def next_step(
             return Step(
                 "train",
                 call,
-                gas=_with_margin(gas, gas_cap),
+                gas=_with_margin(gas, gas_cap, "processRewards (training)"),
                 detail={"contributions": k, "trained": trained + k, "total": len(contributions)},
             )
         # Rounds and settlement stop by themselves when gasleft() runs low: give them the cap.
@@ -305,6 +306,12 @@ def _provider_amount(client: MarketClient, phase: Phase, info: Any) -> int:
     return 0 if client.public_portion() is not None else int(info.bounty)
 
 
-def _with_margin(estimate: int, cap: int) -> int:
-    """Gas limit for a sized step: the estimate plus 10%, never above the cap."""
+def _with_margin(estimate: int, cap: int, what: str) -> int:
+    """Gas limit for a sized step: the estimate plus 10%, never above the cap.
+
+    A step whose smallest batch (one item) is estimated above the cap is refused here: sent
+    with the cap as its limit it could only run out of gas and revert.
+    """
+    if estimate > cap:
+        raise GasCapExceeded(estimate, cap, what)
     return min(cap, estimate + estimate // 10)
