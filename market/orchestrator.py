@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 # that one busy market does not hold a worker away from the others for long.
 MAX_STEPS_PER_ADVANCE = 8
 MAX_SECONDS_PER_ADVANCE = 60.0
+# Withdrawals of a finished market change nothing on the service's side; refreshing them this
+# often keeps the API's "withdrawn" state current without an RPC burst every reconcile tick.
+WITHDRAWAL_REFRESH_S = 15.0
+WITHDRAWALS_REFRESHED_PREFIX = "market:withdrawals-refreshed:"
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,26 @@ class Orchestrator:
                 continue
             if self._is_due(market, current):
                 due.append(market.address)
+        self._refresh_withdrawals()
         return due
+
+    def _refresh_withdrawals(self) -> None:
+        """Finished markets: keep withdrawals visible, at a slower pace, until all are done."""
+        now = time.time()
+        for address in self.registry.finished() - self.registry.settled():
+            key = WITHDRAWALS_REFRESHED_PREFIX + address
+            if not self.cache.set(key, now, nx=True, ex=int(WITHDRAWAL_REFRESH_S)):
+                continue
+            market = self.registry.client(address)
+            try:
+                status_cache.refresh(self.cache, market, confirmations=self.settings.confirmations)
+            except Exception as exc:
+                log.warning("market %s: withdrawal refresh failed: %s", address, exc)
+                continue
+            contributors = status_cache.read_contributors(self.cache, address)
+            accounts = contributors.get("accounts", {}).values()
+            if market.provider_withdrawn() and all(all(a["withdrawn"]) for a in accounts):
+                self.registry.mark_settled(address)
 
     def _provider_done(self, market: MarketClient) -> bool:
         info = market.info()

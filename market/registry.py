@@ -76,6 +76,13 @@ class Registry:
     def finished(self) -> set[str]:
         return {_text(v) for v in self.cache.smembers(self._key + ":finished")}
 
+    def mark_settled(self, address: str) -> None:
+        """Everything of a finished market has been withdrawn: nothing left to watch."""
+        self.cache.sadd(self._key + ":settled", address.lower())
+
+    def settled(self) -> set[str]:
+        return {_text(v) for v in self.cache.smembers(self._key + ":settled")}
+
     def active(self) -> list[str]:
         """Markets that may still have work: known and not finished."""
         done = self.finished()

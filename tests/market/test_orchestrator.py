@@ -129,6 +129,19 @@ def test_launch_then_orchestrate_to_collect(
     assert int(view["amount"]) == mirror.account_payouts[Address(who)]
     assert view["projected_payout"] == str(mirror.account_payouts[Address(who)])
 
+    # a withdrawal after the market finished still reaches the cache (throttled refresh)
+    ids = [c["id"] for c in view["contributions"]]
+    send(w3, accounts[1], market.withdraw(ids))
+    for key in orchestrator.cache.scan_iter("market:withdrawals-refreshed:*"):
+        orchestrator.cache.delete(key)
+    orchestrator.reconcile()
+    view = status_cache.contributor_status(
+        status_cache.read_status(orchestrator.cache, launched.address) or {},
+        status_cache.read_contributors(orchestrator.cache, launched.address),
+        who,
+    )
+    assert view["state"] == "withdrawn"
+
 
 @pytest.mark.parametrize(
     ("change", "field"),
