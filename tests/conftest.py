@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,28 @@ Account.enable_unaudited_hdwallet_features()
 
 N_ACCOUNTS = 20
 # Tests use their own Redis database, flushed around each test, never the service's db 0.
-TEST_REDIS_URL = os.environ.get("MARKET_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+# Each test session claims a free database among 8..15 (a claim key in db 0 with a lease), so
+# that two sessions on one machine do not flush each other's keys.
+TEST_REDIS_DBS = range(8, 16)
+CLAIM_PREFIX = "market:test-db-claim:"
+CLAIM_LEASE_S = 3600
+
+
+def _claim_test_db() -> str:
+    explicit = os.environ.get("MARKET_TEST_REDIS_URL")
+    if explicit:
+        return explicit
+    ensure_redis("redis://127.0.0.1:6379/0")
+    admin: Any = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    for db in TEST_REDIS_DBS:
+        if admin.set(f"{CLAIM_PREFIX}{db}", os.getpid(), nx=True, ex=CLAIM_LEASE_S):
+            atexit.register(admin.delete, f"{CLAIM_PREFIX}{db}")
+            return f"redis://127.0.0.1:6379/{db}"
+    return "redis://127.0.0.1:6379/13"
+
+
+TEST_REDIS_URL = _claim_test_db()
+os.environ["MARKET_TEST_REDIS_URL"] = TEST_REDIS_URL  # subprocesses of this session share it
 
 
 @pytest.fixture(scope="session")
