@@ -53,7 +53,8 @@ UNITS = {"wei": 1, "gwei": 10**9, "eth": ETHER, "ether": ETHER}
 # Ids per withdraw transaction: each id costs a few thousand gas; 200 stay far below the cap.
 WITHDRAW_CHUNK = 200
 
-out = Console()
+# soft_wrap: hashes and addresses stay on one line whatever the terminal width.
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
@@ -194,7 +195,7 @@ def feature_spec(config: Settings, address: str, spec_file: Path | None) -> Feat
     elif config.factory_address is not None:
         from market.registry import Registry
 
-        cache: redis.Redis[Any] = redis.Redis.from_url(config.redis_url)
+        cache: redis.Redis = redis.Redis.from_url(config.redis_url)
         factory = FactoryClient(web3(config), config.factory_address)
         metadata = Registry(cache, factory, config.vault_dir).metadata(address)
     if not metadata or "feature_spec" not in metadata:
@@ -492,7 +493,7 @@ def rewards(
         state = "open"
     elif phase in (Phase.REVEAL, Phase.REWARD):
         state = "computing"
-    elif all(i["withdrawn"] for i in items):
+    elif all(i["withdrawn"] or not i["payout"] for i in items):
         state = "withdrawn"
     else:
         state = "refundable" if phase == Phase.CANCELLED else "claimable"
