@@ -8,20 +8,19 @@ import pytest
 from rich.console import Console
 
 from market.demo import DemoConfig, demo_redis_url, run_demo
-from tests.conftest import TEST_REDIS_URL
 
 
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
-def test_small_demo_rewards_honest_agents_and_punishes_the_adversary(tmp_path: Path) -> None:
+def test_small_demo_rewards_honest_agents_and_punishes_the_adversary(
+    redis_url: str, tmp_path: Path
+) -> None:
     # given 60 contributions from 3 honest agents and 1 label-flipper depositing 3x
     config = DemoConfig(
         contributions=60,
         honest=3,
         adversaries=1,
-        # The demo's own database (flushed by the demo): the shared test database holds
-        # nonce counters of other sessions' anvil accounts under the same chain id.
-        redis_url=demo_redis_url(TEST_REDIS_URL),
+        redis_url=redis_url,  # this session's own database (tests/conftest.py)
         out_dir=tmp_path / "demo",
         timeout_s=100,
     )
