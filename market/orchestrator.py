@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 # that one busy market does not hold a worker away from the others for long.
 MAX_STEPS_PER_ADVANCE = 8
 MAX_SECONDS_PER_ADVANCE = 60.0
+# Steps bound to a deadline: after one, the batch stops and the market is re-queued behind
+# the others, so that a worker does not spend the next minute on this market's reveal and
+# rewards while other markets' ends wait in the queue (20 markets ending together on two
+# workers had their last end land 70 s after it was due).
+YIELD_AFTER = frozenset({"end"})
 # Withdrawals of a finished market change nothing on the service's side; refreshing them this
 # often keeps the API's "withdrawn" state current without an RPC burst every reconcile tick.
 WITHDRAWAL_REFRESH_S = 15.0
@@ -176,7 +181,9 @@ class Orchestrator:
                 self._send(market, step)
                 sent.append(step.name)
                 lease.extend()
-            more = len(sent) == MAX_STEPS_PER_ADVANCE
+                if step.name in YIELD_AFTER:
+                    break
+            more = len(sent) == MAX_STEPS_PER_ADVANCE or bool(sent and sent[-1] in YIELD_AFTER)
         status_cache.refresh(self.cache, market, confirmations=self.settings.confirmations)
         return AdvanceResult(len(sent), more, tuple(sent))
 
