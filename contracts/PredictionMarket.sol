@@ -34,11 +34,12 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
     int256 private constant MAX_LEARNING_RATE = 2 ** 20;
     uint256 private constant MAX_TEST_SIZE = 65_535;
 
-    uint8 private constant STAGE_TRAIN = 0;
-    uint8 private constant STAGE_COLLECT = 1;
-    uint8 private constant STAGE_APPLY = 2;
-    uint8 private constant STAGE_SETTLE = 3;
-    uint8 private constant STAGE_DONE = 4;
+    uint8 private constant STAGE_PREPARE = 0;
+    uint8 private constant STAGE_TRAIN = 1;
+    uint8 private constant STAGE_COLLECT = 2;
+    uint8 private constant STAGE_APPLY = 3;
+    uint8 private constant STAGE_SETTLE = 4;
+    uint8 private constant STAGE_DONE = 5;
 
     uint256 private constant FLAG_ACTIVE = 1;
     uint256 private constant FLAG_PENDING = 2;
@@ -63,6 +64,10 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
     uint32 private _revealedCount;
 
     bytes32 private _testDigest;
+    /// @dev keccak256 of the INDEX (labels, CSR offsets, entries) checked by prepareRewards.
+    bytes32 private _indexHash;
+    /// @dev keccak256 of the training STATE (WEIGHTS ‖ test scores) after the last step.
+    bytes32 private _stateHash;
     /// @dev id => depositor (low 160 bits) | cumulative deposit up to and including id (high 96).
     mapping(uint256 id => uint256) private _contributions;
     mapping(uint256 block_ => bytes32) private _checkpoints;
@@ -237,7 +242,7 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
         _contributions[id] = uint256(uint160(msg.sender)) | (cumulative << 160);
         uint256 blockIndex = (id - 1) / CHECKPOINT;
         bytes32 previous = (id - 1) % CHECKPOINT == 0 ? bytes32(0) : _checkpoints[blockIndex];
-        _checkpoints[blockIndex] = keccak256(bytes.concat(previous, sample));
+        _checkpoints[blockIndex] = SampleCodec.chainMemory(previous, sample);
         emit ContributionAdded(id, msg.sender, deposit, sample);
 
         if (msg.value > deposit) _send(msg.sender, msg.value - deposit);
@@ -273,7 +278,7 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
         uint256 revealed = uint256(_revealedCount) + leaves.length;
         _revealedCount = uint32(revealed);
         _testDigest = digest;
-        emit TestBatchRevealed(leaves.length, revealed, items);
+        emit TestBatchRevealed(leaves.length, revealed);
     }
 
     /// @dev Parses REVEAL_ITEMs, marks their indices revealed, and returns their Merkle leaves
@@ -286,22 +291,24 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
         bool inPortion
     ) private returns (bytes32[] memory leaves, bytes32 digest) {
         if (items.length == 0) revert MarketEmptyReveal();
-        MarketParams storage p = _params;
-        uint256 n = p.testSize;
-        uint256 dim = p.dim;
-        uint256 maxFeatures = p.maxFeatures;
+        uint256 dim = _params.dim;
+        uint256 maxFeatures = _params.maxFeatures;
         digest = _testDigest;
-        leaves = new bytes32[](items.length / 40 + 1);
+        // The smallest REVEAL_ITEM is 43 bytes (index, salt, header, one feature).
+        leaves = new bytes32[](items.length / 43 + 1);
+        // One buffer for every leaf's ABI encoding: memory expansion is paid once per batch.
+        bytes memory scratch = new bytes(32 * (5 + maxFeatures));
         uint256 count;
         uint256 offset;
         while (offset < items.length) {
-            (uint256 index, bytes32 leaf, uint256 sampleEnd) = items.revealItemLeaf(offset, dim, maxFeatures, count);
-            if (index >= n || (index >= start && index < end) != inPortion) revert MarketInvalidRevealIndex(index);
-            uint256 word = index >> 8;
-            uint256 bit = 1 << (index & 255);
-            uint256 bits = _revealedBits[word];
-            if (bits & bit != 0) revert MarketInvalidRevealIndex(index);
-            _revealedBits[word] = bits | bit;
+            (uint256 index, bytes32 leaf, uint256 sampleEnd) = items.revealItemLeaf(
+                offset,
+                dim,
+                maxFeatures,
+                count,
+                scratch
+            );
+            _markRevealed(index, start, end, inPortion);
             if (!inPortion) digest = items.chainSample(digest, offset + 36, sampleEnd);
             leaves[count++] = leaf;
             offset = sampleEnd;
@@ -311,23 +318,68 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
         }
     }
 
+    /// @dev Marks test index `index` revealed; it must be in range, on the right side of the
+    /// public portion [start, end), and not revealed before.
+    function _markRevealed(uint256 index, uint256 start, uint256 end, bool inPortion) private {
+        if (index >= _params.testSize || (index >= start && index < end) != inPortion) {
+            revert MarketInvalidRevealIndex(index);
+        }
+        uint256 word = index >> 8;
+        uint256 bit = 1 << (index & 255);
+        uint256 bits = _revealedBits[word];
+        if (bits & bit != 0) revert MarketInvalidRevealIndex(index);
+        _revealedBits[word] = bits | bit;
+    }
+
     // --------------------------------------------------------------------------- reward
 
     /// @inheritdoc IPredictionMarket
-    /// @dev During the training pass `weights`, `testSamples` and `contributions` are required
-    /// and `count` contributions are trained; afterwards they are empty and the call runs rounds
+    /// @dev Once per market, before training: checks the inverted INDEX of the revealed test
+    /// set against the test digest, scores the test set with the initial weights (A_0), and
+    /// commits to the INDEX and to the training STATE by hash (docs/protocol.md).
+    function prepareRewards(bytes calldata weights, bytes calldata testSamples, bytes calldata index) external {
+        _requirePhase(Phase.Reward);
+        RewardState memory state = _reward;
+        if (state.stage != STAGE_PREPARE) revert MarketWrongPhase(Phase.Reward, Phase.Reward);
+        MarketParams memory p = _params;
+        if (weights.length != uint256(p.dim) * 8 || keccak256(weights) != _weightsHash) {
+            revert MarketInvalidTrainingInput("weights");
+        }
+        int256[] memory w = SampleCodec.decodeWeights(weights, p.dim);
+        (bytes32 digest, int256[] memory scores, uint256 accuracy) = SampleCodec.verifyIndex(
+            testSamples,
+            index,
+            w,
+            p.intercept
+        );
+        if (digest != _testDigest) revert MarketInvalidTrainingInput("testSamples");
+        bytes32 indexHash = keccak256(index);
+        bytes32 stateHash = SampleCodec.hashState(w, scores);
+        _indexHash = indexHash;
+        _stateHash = stateHash;
+        state.stage = STAGE_TRAIN;
+        state.initialAccuracy = uint32(accuracy);
+        state.lastAccuracy = uint32(accuracy);
+        _reward = state;
+        emit RewardsPrepared(accuracy, indexHash, stateHash);
+    }
+
+    /// @inheritdoc IPredictionMarket
+    /// @dev During the training pass `state`, `index` and `contributions` are required and
+    /// `count` contributions are trained; afterwards they are empty and the call runs rounds
     /// and settlement until `gasleft()` no longer covers one more unit of work.
     function processRewards(
-        bytes calldata weights,
-        bytes calldata testSamples,
+        bytes calldata state_,
+        bytes calldata index,
         bytes calldata contributions,
         uint256 count
     ) external {
         _requirePhase(Phase.Reward);
         RewardState memory state = _reward;
+        if (state.stage == STAGE_PREPARE) revert MarketInvalidTrainingInput("prepare");
         bool trained;
         if (state.stage == STAGE_TRAIN) {
-            _trainStep(state, weights, testSamples, contributions, count);
+            _trainStep(state, state_, index, contributions, count);
             trained = true;
         }
         // A call that trained has made its progress: it goes on with the rounds only while the
@@ -343,8 +395,8 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
     /// @dev Scores contributions `trained+1 .. trained+count` (see docs/protocol.md).
     function _trainStep(
         RewardState memory state,
-        bytes calldata weightsData,
-        bytes calldata testSamples,
+        bytes calldata stateData,
+        bytes calldata index,
         bytes calldata contributions,
         uint256 count
     ) private {
@@ -352,32 +404,27 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
         uint256 from = uint256(state.trained) + 1;
         if (count == 0 || from + count - 1 > total) revert MarketInvalidTrainingInput("count");
         MarketParams memory p = _params;
-        if (keccak256(weightsData) != _weightsHash || weightsData.length != uint256(p.dim) * 8) {
-            revert MarketInvalidTrainingInput("weights");
-        }
-        int256[] memory w = SampleCodec.decodeWeights(weightsData, p.dim);
         uint256 m = _testCount();
-        (SampleCodec.TestIndex memory index, uint256 accuracy) = SampleCodec.indexTestSet(
-            testSamples,
-            m,
-            w,
-            p.intercept
-        );
-        if (index.digest != _testDigest) revert MarketInvalidTrainingInput("testSamples");
-        if (from == 1) {
-            state.initialAccuracy = uint32(accuracy);
-            state.lastAccuracy = uint32(accuracy);
+        if (stateData.length != (uint256(p.dim) + m) * 8 || keccak256(stateData) != _stateHash) {
+            revert MarketInvalidTrainingInput("state");
         }
+        if (keccak256(index) != _indexHash) revert MarketInvalidTrainingInput("index");
+        (int256[] memory w, int256[] memory scores) = SampleCodec.decodeState(stateData, p.dim, m);
 
         bytes memory accuracies = new bytes(count * 4);
         uint256 offset = _verifyContributionBlocks(contributions, from, from + count - 1);
         uint256 threshold = uint256(p.minStake) * m;
         uint256 previousCumulative = _contributions[from - 1] >> 160;
+        uint256 accuracy = state.lastAccuracy;
+        SampleCodec.Model memory model = SampleCodec.Model({
+            weights: w,
+            scores: scores,
+            intercept: p.intercept,
+            learningRate: p.learningRate
+        });
         for (uint256 i = 0; i < count; ++i) {
             uint256 id = from + i;
-            uint256 next;
-            (accuracy, next) = SampleCodec.trainOne(contributions, offset, w, index, p.intercept, p.learningRate, accuracy);
-            offset = next;
+            (accuracy, offset) = SampleCodec.trainOne(contributions, offset, model, index, m, accuracy);
             uint256 cumulative = _contributions[id] >> 160;
             int256 score = int256(accuracy) - int256(uint256(state.lastAccuracy));
             int256 base = int256((cumulative - previousCumulative) * m);
@@ -387,16 +434,18 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
             if (score < 0) _heapPush(state, _crossing(base, score, threshold), id);
             SampleCodec.writeUint32(accuracies, i * 4, accuracy);
         }
-        bytes32 newHash = SampleCodec.hashWeights(w);
-        _weightsHash = newHash;
+        bytes32 stateHash = SampleCodec.hashState(w, scores);
+        _stateHash = stateHash;
         state.trained = uint32(from + count - 1);
-        emit ContributionsScored(from, count, state.initialAccuracy, accuracies, newHash);
+        emit ContributionsScored(from, count, accuracies, stateHash);
         if (state.trained == total) {
+            bytes32 weightsHash_ = SampleCodec.hashWeights(w);
+            _weightsHash = weightsHash_;
             state.stage = STAGE_COLLECT;
             state.activeCount = uint32(total);
             state.remaining = uint128(_bounty);
             state.target = uint128(_bounty);
-            emit TrainingCompleted(accuracy, newHash);
+            emit TrainingCompleted(accuracy, weightsHash_);
         }
     }
 
@@ -697,19 +746,39 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
         return (_revealedCount, _testCount(), _testDigest);
     }
 
-    /// @notice Hash of the current weights: the initial ones until training, then the trained.
+    /// @notice Hash of the weights: the initial ones until the training pass ends, then the trained.
     function weightsHash() external view returns (bytes32) {
         return _weightsHash;
     }
 
-    /// @notice Progress of the reward computation.
+    /// @notice Progress of the reward computation: stage (0 prepare, 1 train, 2 collect,
+    /// 3 apply, 4 settle, 5 done), contributions trained and settled, active contributions,
+    /// cumulative round amount T, bounty left R, heap entries, and pending removals.
     function rewardStatus()
         external
         view
-        returns (uint256 stage, uint256 trained, uint256 settled, uint256 active, uint256 total, uint256 remaining)
+        returns (
+            uint256 stage,
+            uint256 trained,
+            uint256 settled,
+            uint256 active,
+            uint256 total,
+            uint256 remaining,
+            uint256 heapSize,
+            uint256 pending
+        )
     {
         RewardState storage s = _reward;
-        return (s.stage, s.trained, s.settled, s.activeCount, s.total, s.remaining);
+        return (
+            s.stage,
+            s.trained,
+            s.settled,
+            s.activeCount,
+            s.total,
+            s.remaining,
+            s.heapSize,
+            uint256(s.pendingCount) - s.pendingCursor
+        );
     }
 
     /// @notice The payout of contribution `id` once the rewards are final (in Collect).

@@ -31,17 +31,17 @@ class MarketParams:
     """Mirror of ``IPredictionMarket.MarketParams`` (field order is the ABI's)."""
 
     test_root: bytes
-    test_size: int
-    portions: int
-    dim: int
-    max_features: int
-    intercept: int
-    learning_rate: int
     min_stake: int
     allow_greater_deposits: bool
+    dim: int
+    max_features: int
+    latest_end: int
+    test_size: int
+    portions: int
+    intercept: int
+    learning_rate: int
     min_contributions: int
     earliest_end: int
-    latest_end: int
     reveal_window: int
 
     def as_tuple(self) -> tuple[Any, ...]:
@@ -49,22 +49,22 @@ class MarketParams:
 
     @classmethod
     def from_tuple(cls, values: Sequence[Any]) -> MarketParams:
-        (root, n, parts, dim, maxf, intercept, lr, stake, greater, minc, early, late, window) = (
+        (root, stake, greater, dim, maxf, late, n, parts, intercept, lr, minc, early, window) = (
             values
         )
         return cls(
             test_root=bytes(root),
-            test_size=int(n),
-            portions=int(parts),
-            dim=int(dim),
-            max_features=int(maxf),
-            intercept=int(intercept),
-            learning_rate=int(lr),
             min_stake=int(stake),
             allow_greater_deposits=bool(greater),
+            dim=int(dim),
+            max_features=int(maxf),
+            latest_end=int(late),
+            test_size=int(n),
+            portions=int(parts),
+            intercept=int(intercept),
+            learning_rate=int(lr),
             min_contributions=int(minc),
             earliest_end=int(early),
-            latest_end=int(late),
             reveal_window=int(window),
         )
 
@@ -88,7 +88,10 @@ class MarketInfo:
 
 @dataclass(frozen=True)
 class RewardStatus:
-    """Progress of the reward computation: stage 0 train, 1 collect, 2 apply, 3 settle, 4 done."""
+    """Progress of the reward computation.
+
+    ``stage``: 0 prepare, 1 train, 2 collect, 3 apply, 4 settle, 5 done.
+    """
 
     stage: int
     trained: int
@@ -96,6 +99,8 @@ class RewardStatus:
     active: int
     total: int
     remaining: int
+    heap_size: int
+    pending: int
 
 
 @dataclass(frozen=True)
@@ -255,14 +260,19 @@ class MarketClient:
     ) -> ContractFunction:
         return self.contract.functions.revealBatch(items, list(proof), list(flags))
 
+    def prepare_rewards(
+        self, weights: bytes, test_samples: bytes, index: bytes
+    ) -> ContractFunction:
+        return self.contract.functions.prepareRewards(weights, test_samples, index)
+
     def process_rewards(
         self,
-        weights: bytes = b"",
-        test_samples: bytes = b"",
+        state: bytes = b"",
+        index: bytes = b"",
         contributions: bytes = b"",
         count: int = 0,
     ) -> ContractFunction:
-        return self.contract.functions.processRewards(weights, test_samples, contributions, count)
+        return self.contract.functions.processRewards(state, index, contributions, count)
 
     def cancel(self) -> ContractFunction:
         return self.contract.functions.cancel()
@@ -317,9 +327,26 @@ class MarketClient:
         return records
 
     def revealed_batches(self) -> list[bytes]:
-        """REVEAL_ITEM buffers of every ``TestBatchRevealed``, in reveal order."""
+        """REVEAL_ITEM buffers of every ``TestBatchRevealed``, in reveal order.
+
+        The items are the input of the ``revealBatch`` call that emitted the event (keeping
+        them out of the event saves 8 gas a byte); a reveal sent through another contract
+        would need a trace, and is refused here with a clear error.
+        """
         logs = _logs(self.contract.events.TestBatchRevealed(), self._from_block())
-        return [bytes(log["args"]["items"]) for log in logs]
+        batches = []
+        for log in logs:
+            tx = self.w3.eth.get_transaction(log["transactionHash"])
+            if tx.get("to") is None or Web3.to_checksum_address(tx["to"]) != self.address:
+                raise LookupError(
+                    f"reveal {log['transactionHash'].to_0x_hex()} was not a direct call to "
+                    f"{self.address}: its items cannot be read from the transaction input"
+                )
+            fn, args = self.contract.decode_function_input(tx["input"])
+            if fn.fn_name != "revealBatch":
+                raise LookupError(f"reveal transaction calls {fn.fn_name}, not revealBatch")
+            batches.append(bytes(args["items"]))
+        return batches
 
     def public_portion(self) -> tuple[int, bytes] | None:
         """(portion, REVEAL_ITEMs) of the public reveal, once it happened."""
@@ -335,13 +362,19 @@ class MarketClient:
             for log in _logs(self.contract.events.RoundCompleted(), self._from_block())
         ]
 
+    def initial_accuracy(self) -> int | None:
+        """A_0 from ``RewardsPrepared``, once the reward phase is prepared."""
+        logs = _logs(self.contract.events.RewardsPrepared(), self._from_block())
+        return int(logs[0]["args"]["initialAccuracy"]) if logs else None
+
     def scored(self) -> list[tuple[int, int, list[int]]]:
-        """Each ``ContributionsScored``: (from, initial accuracy, A_i list)."""
+        """Each ``ContributionsScored``: (from, A_0, the A_i of the step)."""
+        initial = self.initial_accuracy()
         out = []
         for log in _logs(self.contract.events.ContributionsScored(), self._from_block()):
             raw = bytes(log["args"]["accuracies"])
             values = [int.from_bytes(raw[i : i + 4], "big") for i in range(0, len(raw), 4)]
-            out.append((int(log["args"]["from"]), int(log["args"]["initialAccuracy"]), values))
+            out.append((int(log["args"]["from"]), initial or 0, values))
         return out
 
 

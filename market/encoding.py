@@ -249,3 +249,34 @@ __all__ = [
     "validate_samples",
     "weights_hash",
 ]
+
+
+# ----------------------------------------------------------------------------- reward inputs
+
+
+def encode_index(test: Sequence[Sample], dim: int) -> bytes:
+    """INDEX of a test set (in reveal order): labels, CSR offsets, entries (docs/protocol.md).
+
+    ``labels`` is one byte per test sample; ``starts`` is ``dim + 1`` uint32s; the test
+    samples containing feature ``j`` are the uint16 ``entries[starts[j] : starts[j+1]]``.
+    """
+    if len(test) > UINT16_MAX + 1:
+        raise InvalidSample("count", len(test), f"{len(test)} test samples exceed uint16 entries")
+    columns: list[list[int]] = [[] for _ in range(dim)]
+    for t, sample in enumerate(test):
+        for j in sample.features:
+            columns[j].append(t)
+    starts = [0]
+    for column in columns:
+        starts.append(starts[-1] + len(column))
+    entries = [t for column in columns for t in column]
+    return (
+        bytes(s.label for s in test)
+        + struct.pack(f">{dim + 1}I", *starts)
+        + struct.pack(f">{len(entries)}H", *entries)
+    )
+
+
+def encode_state(weights: Sequence[int], scores: Sequence[int]) -> bytes:
+    """STATE of the training pass: WEIGHTS ‖ the test samples' scores, as int64s."""
+    return encode_weights(list(weights) + list(scores))

@@ -26,7 +26,7 @@ from market.chain import MarketClient
 from market.encoding import decode_sample
 from market.model import Perceptron
 from market.rewards import Contribution, compute_rewards
-from market.steps import STAGE_DONE, revealed_test_set
+from market.steps import STAGE_DONE, STAGE_PREPARE, STAGE_TRAIN, revealed_test_set
 from market.types import Address, Phase, Wei
 
 STATUS_PREFIX = "market:status:"
@@ -86,19 +86,19 @@ def record_error(client: redis.Redis, address: str, step: str, error: BaseExcept
 
 
 def _reward_progress(stage: int, trained: int, settled: int, active: int, count: int) -> float:
-    """0..1: training is the first half, rounds the next 40%, settlement the rest."""
+    """0..1: preparing and training are the first half, rounds the next 40%, settlement the rest."""
     if count == 0 or stage >= STAGE_DONE:
         return 1.0
-    if stage == 0:
+    if stage == STAGE_PREPARE:
+        return 0.0
+    if stage == STAGE_TRAIN:
         return 0.5 * trained / count
-    if stage in (1, 2):
+    if stage in (STAGE_TRAIN + 1, STAGE_TRAIN + 2):
         return 0.5 + 0.4 * (count - active) / count
     return 0.9 + 0.1 * settled / count
 
 
-def refresh(
-    cache: redis.Redis, market: MarketClient, *, confirmations: int = 1
-) -> dict[str, Any]:
+def refresh(cache: redis.Redis, market: MarketClient, *, confirmations: int = 1) -> dict[str, Any]:
     """Read a market from the chain into the status cache; the new status."""
     w3 = market.w3
     head = int(w3.eth.block_number)

@@ -22,8 +22,10 @@ from market.encoding import (
     CHECKPOINT,
     decode_reveal_items,
     decode_sample,
+    encode_index,
     encode_reveal_items,
     encode_samples,
+    encode_state,
 )
 from market.errors import GasCapExceeded
 from market.merkle import StandardMerkleTree
@@ -31,8 +33,9 @@ from market.model import Perceptron
 from market.types import Phase, Sample, TestSample
 
 # Reward stages of PredictionMarket.rewardStatus().
-STAGE_TRAIN = 0
-STAGE_DONE = 4
+STAGE_PREPARE = 0
+STAGE_TRAIN = 1
+STAGE_DONE = 5
 # Fraction of the gas cap a step aims for: estimates move a little between the estimate and
 # the block (state written by other transactions), so a step keeps 10% headroom.
 FILL = 0.9
@@ -60,10 +63,10 @@ class RevealBatch:
 
 @dataclass(frozen=True)
 class TrainingInput:
-    """Calldata of one training step (docs/protocol.md)."""
+    """Calldata of one training step (docs/protocol.md): STATE, INDEX, contributions."""
 
-    weights: bytes
-    test_samples: bytes
+    state: bytes
+    index: bytes
     contributions: bytes
     count: int
 
@@ -99,8 +102,8 @@ def training_input(
 ) -> TrainingInput:
     """Calldata to train contributions ``trained+1 .. trained+count``.
 
-    The weights are the model after the first ``trained`` contributions; the contributions
-    cover whole checkpoint blocks around the trained range.
+    The STATE is the model after the first ``trained`` contributions with the scores it gives
+    the test samples; the contributions cover whole checkpoint blocks around the range.
     """
     model = initial.copy()
     for sample in contributions[:trained]:
@@ -108,8 +111,8 @@ def training_input(
     first = (trained // CHECKPOINT) * CHECKPOINT
     last = min(-(-(trained + count) // CHECKPOINT) * CHECKPOINT, len(contributions))
     return TrainingInput(
-        weights=model.weights_bytes(),
-        test_samples=encode_samples(test),
+        state=encode_state(model.weights, model.scores_many([s.features for s in test])),
+        index=encode_index(test, model.dim),
         contributions=encode_samples(contributions[first:last]),
         count=count,
     )
@@ -265,6 +268,17 @@ def next_step(
 
     if phase == Phase.REWARD:
         status = client.reward_status()
+        if status.stage == STAGE_PREPARE:
+            view = view or MarketView.load(client)
+            test = view.test_set()
+            call = client.prepare_rewards(
+                view.initial.weights_bytes(),
+                encode_samples(test),
+                encode_index(test, view.initial.dim),
+            )
+            return Step(
+                "prepare", call, gas=_with_margin(estimate(call), gas_cap, "prepareRewards")
+            )
         if status.stage == STAGE_TRAIN:
             view = view or MarketView.load(client)
             contributions = view.contributions()
@@ -273,7 +287,7 @@ def next_step(
 
             def build_train(k: int) -> ContractFunction:
                 t = training_input(view.initial, test, contributions, trained, k)
-                return client.process_rewards(t.weights, t.test_samples, t.contributions, k)
+                return client.process_rewards(t.state, t.index, t.contributions, k)
 
             k, call, gas = _largest_fitting(
                 build_train, len(contributions) - trained, estimate, budget

@@ -18,19 +18,20 @@ interface IPredictionMarket {
     }
 
     /// @notice Launch parameters, fixed for the life of the market.
+    /// @dev Ordered so that the second slot holds everything `contribute` reads.
     struct MarketParams {
         bytes32 testRoot; // Merkle root of the salted test set (OpenZeppelin StandardMerkleTree)
-        uint32 testSize; // n, number of test samples
-        uint32 portions; // P >= 2; portion p is [p*n/P, (p+1)*n/P)
-        uint32 dim; // number of features of the model
-        uint32 maxFeatures; // most features in one sample
-        int64 intercept; // perceptron intercept
-        int64 learningRate; // perceptron step, >= 1
         uint96 minStake; // deposit charged per contribution, in wei
         bool allowGreaterDeposits; // keep deposits above minStake instead of refunding the excess
-        uint32 minContributions; // count that allows the end at earliestEnd
+        uint32 dim; // number of features of the model
+        uint32 maxFeatures; // most features in one sample
+        uint64 latestEnd; // timestamp at which the market ends whatever the count
+        uint32 testSize; // n, number of test samples
+        uint32 portions; // P >= 2; portion p is [p*n/P, (p+1)*n/P)
+        int64 intercept; // perceptron intercept
+        int64 learningRate; // perceptron step, >= 1
+        uint32 minContributions; // count that allows an early end at earliestEnd
         uint64 earliestEnd; // timestamp from which the market may end with enough contributions
-        uint64 latestEnd; // timestamp from which the market may end whatever the count
         uint64 revealWindow; // seconds the provider has for each reveal
     }
 
@@ -87,10 +88,12 @@ interface IPredictionMarket {
     event ContributionAdded(uint256 indexed id, address indexed contributor, uint256 deposit, bytes sample);
     /// @dev The market ended; the reveal window runs until `revealDeadline`.
     event MarketEnded(uint256 contributions, uint256 revealDeadline);
-    /// @dev A batch of test samples (REVEAL_ITEMs) was revealed.
-    event TestBatchRevealed(uint256 count, uint256 revealed, bytes items);
+    /// @dev A batch of `count` test samples was revealed; its REVEAL_ITEMs are the call's input.
+    event TestBatchRevealed(uint256 count, uint256 revealed);
+    /// @dev The test set's inverted index was checked; A_0 is `initialAccuracy`.
+    event RewardsPrepared(uint256 initialAccuracy, bytes32 indexHash, bytes32 stateHash);
     /// @dev Contributions `from..from+count-1` were scored; `accuracies` are their A_i as uint32s.
-    event ContributionsScored(uint256 from, uint256 count, uint256 initialAccuracy, bytes accuracies, bytes32 weightsHash);
+    event ContributionsScored(uint256 from, uint256 count, bytes accuracies, bytes32 stateHash);
     /// @dev A round of the reward computation ended at cumulative amount `total`.
     event RoundCompleted(uint256 total, uint256 remaining, uint256 removed);
     /// @dev The training pass is complete; `weightsHash` commits to the trained model.
@@ -109,9 +112,10 @@ interface IPredictionMarket {
     function contribute(uint32[] calldata features, uint8 label) external payable;
     function endMarket() external;
     function revealBatch(bytes calldata items, bytes32[] calldata proof, bool[] calldata proofFlags) external;
+    function prepareRewards(bytes calldata weights, bytes calldata testSamples, bytes calldata index) external;
     function processRewards(
-        bytes calldata weights,
-        bytes calldata testSamples,
+        bytes calldata state,
+        bytes calldata index,
         bytes calldata contributions,
         uint256 count
     ) external;

@@ -9,15 +9,12 @@ import {IPredictionMarket} from "../interfaces/IPredictionMarket.sol";
 /// @dev Calldata is read with `calldataload`, which never reverts past the end of calldata:
 /// every reader first checks the sample's declared length against the buffer.
 library SampleCodec {
-    /// @notice The test set held in memory during one training step.
-    /// @dev `starts` is a CSR index: the test samples that contain feature `j` are the uint16
-    /// entries `starts[j] .. starts[j+1]-1` of `entries`.
-    struct TestIndex {
-        bytes32 digest;
+    /// @notice The perceptron while training: weights and the scores of the test samples.
+    struct Model {
+        int256[] weights;
         int256[] scores;
-        bytes labels;
-        uint256[] starts;
-        bytes entries;
+        int256 intercept;
+        int256 learningRate;
     }
 
     /// @dev Offset one past the SAMPLE at `offset`, reverting when it overruns `data`.
@@ -60,20 +57,43 @@ library SampleCodec {
         if (label > 1) revert IPredictionMarket.MarketInvalidSample(0, "label");
         if (count == 0 || count > maxFeatures) revert IPredictionMarket.MarketInvalidSample(0, "count");
         sample = new bytes(3 + 4 * count);
-        uint256 previous;
-        for (uint256 i = 0; i < count; ++i) {
-            uint256 f = features[i];
-            if (f >= dim) revert IPredictionMarket.MarketInvalidSample(i, "range");
-            if (i > 0 && f <= previous) revert IPredictionMarket.MarketInvalidSample(i, "order");
-            previous = f;
-            assembly ("memory-safe") {
-                let ptr := add(add(sample, 35), mul(i, 4))
-                mstore(ptr, or(shl(224, f), and(mload(ptr), 0xffffffffffffffffffffffffffffffffffffffffffffffffffffffff)))
-            }
-        }
+        uint256 bad; // 1 + position of the first bad feature, 0 if none
+        uint256 reason; // 1: range, 2: order
         assembly ("memory-safe") {
-            let ptr := add(sample, 32)
-            mstore(ptr, or(or(shl(248, label), shl(232, count)), and(mload(ptr), 0xffffffffffffffffffffffffffffffffffffffffffffffffffffffffff)))
+            // Features are written front to back with whole-word stores: each store's tail is
+            // overwritten by the next, and the last one's tail lands in free memory.
+            let out := add(sample, 35)
+            let previous := 0
+            for { let i := 0 } lt(i, count) { i := add(i, 1) } {
+                let f := calldataload(add(features.offset, mul(i, 32)))
+                if iszero(lt(f, dim)) {
+                    bad := add(i, 1)
+                    reason := 1
+                    break
+                }
+                if and(gt(i, 0), iszero(gt(f, previous))) {
+                    bad := add(i, 1)
+                    reason := 2
+                    break
+                }
+                previous := f
+                mstore(add(out, mul(i, 4)), shl(224, f))
+            }
+            let head := add(sample, 32)
+            mstore8(head, label)
+            mstore8(add(head, 1), shr(8, count))
+            mstore8(add(head, 2), and(count, 0xff))
+        }
+        if (bad != 0) revert IPredictionMarket.MarketInvalidSample(bad - 1, reason == 1 ? "range" : "order");
+    }
+
+    /// @dev keccak256(h ‖ sample) for a sample in memory, hashed in place.
+    function chainMemory(bytes32 h, bytes memory sample) internal pure returns (bytes32 out) {
+        assembly ("memory-safe") {
+            let len := mload(sample)
+            mstore(sample, h)
+            out := keccak256(sample, add(len, 32))
+            mstore(sample, len)
         }
     }
 
@@ -85,7 +105,8 @@ library SampleCodec {
         uint256 offset,
         uint256 dim,
         uint256 maxFeatures,
-        uint256 position
+        uint256 position,
+        bytes memory encoded
     ) internal pure returns (uint256 index, bytes32 leaf, uint256 end) {
         if (offset + 36 > items.length) revert IPredictionMarket.MarketInvalidSample(position, "length");
         end = sampleEnd(items, offset + 36);
@@ -102,8 +123,8 @@ library SampleCodec {
         }
         if (label > 1) revert IPredictionMarket.MarketInvalidSample(position, "label");
         if (count == 0 || count > maxFeatures) revert IPredictionMarket.MarketInvalidSample(position, "count");
-        // abi.encode(uint256 index, bytes32 salt, uint32[] features, uint8 label), built in memory.
-        bytes memory encoded = new bytes(32 * (5 + count));
+        // abi.encode(uint256 index, bytes32 salt, uint32[] features, uint8 label), built in the
+        // caller's buffer (sized for maxFeatures).
         uint256 previous;
         for (uint256 i = 0; i < count; ++i) {
             uint256 f;
@@ -121,7 +142,7 @@ library SampleCodec {
             mstore(add(encoded, 96), 0x80)
             mstore(add(encoded, 128), label)
             mstore(add(encoded, 160), count)
-            mstore(0x00, keccak256(add(encoded, 32), mload(encoded)))
+            mstore(0x00, keccak256(add(encoded, 32), mul(32, add(5, count))))
             leaf := keccak256(0x00, 0x20)
         }
     }
@@ -145,112 +166,180 @@ library SampleCodec {
         }
     }
 
-    /// @dev keccak256(WEIGHTS) of `w`; reverts if a weight left int64 (prevented by the
-    /// launch bounds, checked anyway so a model is never silently truncated).
+    /// @dev keccak256(WEIGHTS) of `w`.
     function hashWeights(int256[] memory w) internal pure returns (bytes32 h) {
         uint256 dim = w.length;
         bytes memory packed = new bytes(dim * 8 + 24);
-        for (uint256 i = 0; i < dim; ++i) {
-            int256 v = w[i];
-            if (v > type(int64).max || v < type(int64).min) revert IPredictionMarket.MarketInvalidWeights();
-            assembly ("memory-safe") {
-                // Writes a whole word; the next write overwrites its tail (24 spare bytes at the end).
-                mstore(add(add(packed, 32), mul(i, 8)), shl(192, v))
-            }
-        }
+        _packInt64s(packed, 0, w);
         assembly ("memory-safe") {
             h := keccak256(add(packed, 32), mul(dim, 8))
         }
     }
 
-    /// @dev Parses the m test SAMPLEs, extends the digest chain over them, builds the inverted
-    /// index and the initial scores; returns the index and the number classified correctly.
-    function indexTestSet(
+    /// @dev STATE (WEIGHTS ‖ SCORES, big-endian int64s, length checked by the caller) decoded.
+    function decodeState(
         bytes calldata data,
-        uint256 m,
+        uint256 dim,
+        uint256 m
+    ) internal pure returns (int256[] memory w, int256[] memory scores) {
+        w = new int256[](dim);
+        scores = new int256[](m);
+        assembly ("memory-safe") {
+            let out := add(w, 32)
+            for { let i := 0 } lt(i, dim) { i := add(i, 1) } {
+                mstore(add(out, mul(i, 32)), sar(192, calldataload(add(data.offset, mul(i, 8)))))
+            }
+            let base := add(data.offset, mul(dim, 8))
+            out := add(scores, 32)
+            for { let t := 0 } lt(t, m) { t := add(t, 1) } {
+                mstore(add(out, mul(t, 32)), sar(192, calldataload(add(base, mul(t, 8)))))
+            }
+        }
+    }
+
+    /// @dev keccak256(WEIGHTS ‖ SCORES); reverts if a value left int64 (the launch bounds make
+    /// that impossible; checked so that a state is never silently truncated).
+    function hashState(int256[] memory w, int256[] memory scores) internal pure returns (bytes32 h) {
+        uint256 dim = w.length;
+        uint256 m = scores.length;
+        bytes memory packed = new bytes((dim + m) * 8 + 24);
+        _packInt64s(packed, 0, w);
+        _packInt64s(packed, dim * 8, scores);
+        assembly ("memory-safe") {
+            h := keccak256(add(packed, 32), mul(add(dim, m), 8))
+        }
+    }
+
+    function _packInt64s(bytes memory packed, uint256 at, int256[] memory values) private pure {
+        uint256 n = values.length;
+        uint256 bad;
+        assembly ("memory-safe") {
+            let src := add(values, 32)
+            let dst := add(add(packed, 32), at)
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
+                let v := mload(add(src, mul(i, 32)))
+                // v fits int64 iff sign-extending its low 8 bytes gives v back.
+                if iszero(eq(signextend(7, v), v)) { bad := 1 }
+                // Writes a whole word; the next write overwrites its tail (24 spare bytes).
+                mstore(add(dst, mul(i, 8)), shl(192, v))
+            }
+        }
+        if (bad != 0) revert IPredictionMarket.MarketInvalidWeights();
+    }
+
+    /// @dev Checks that `index` is the inverted index of the m test SAMPLEs in `data` and scores
+    /// them with the weights. INDEX = labels (m bytes) ‖ starts ((dim+1) × uint32) ‖ entries
+    /// (E × uint16): the test samples containing feature j are entries starts[j] .. starts[j+1]-1,
+    /// ascending. Returns the test digest of `data`, the scores and the correct count.
+    function verifyIndex(
+        bytes calldata data,
+        bytes calldata index,
         int256[] memory w,
         int256 intercept
-    ) internal pure returns (TestIndex memory ix, uint256 correct) {
+    ) internal pure returns (bytes32 digest, int256[] memory scores, uint256 correct) {
         uint256 dim = w.length;
-        uint256[] memory starts = new uint256[](dim + 1);
-        bytes memory labels = new bytes(m);
-        int256[] memory scores = new int256[](m);
-        bytes32 digest;
+        // Pass 1: walk the samples once for the digest, the row offsets, the labels and scores.
+        uint256[] memory rows = new uint256[](16);
+        uint256 m;
         uint256 offset;
-        uint256 entryCount;
-        // Pass 1: digest, labels, feature counts, scores.
-        for (uint256 t = 0; t < m; ++t) {
+        uint256 entries;
+        while (offset < data.length) {
             uint256 end = sampleEnd(data, offset);
             digest = chainSample(data, digest, offset, end);
-            assembly ("memory-safe") {
-                let base := add(data.offset, offset)
+            if (m == rows.length) rows = _grow(rows);
+            rows[m++] = offset;
+            entries += (end - offset - 3) / 4;
+            offset = end;
+        }
+        uint256 startsAt = m;
+        uint256 entriesAt = m + 4 * (dim + 1);
+        if (index.length != entriesAt + 2 * entries) revert IPredictionMarket.MarketInvalidTrainingInput("index");
+        scores = new int256[](m);
+        uint256 bad;
+        assembly ("memory-safe") {
+            let wp := add(w, 32)
+            let rp := add(rows, 32)
+            let sp := add(scores, 32)
+            for { let t := 0 } lt(t, m) { t := add(t, 1) } {
+                let base := add(data.offset, mload(add(rp, mul(t, 32))))
                 let header := calldataload(base)
                 let label := shr(248, header)
                 let count := and(shr(232, header), 0xffff)
-                mstore8(add(add(labels, 32), t), label)
+                if iszero(eq(label, shr(248, calldataload(add(index.offset, t))))) { bad := 1 }
                 let score := intercept
-                let wp := add(w, 32)
-                let sp := add(starts, 32)
                 for { let k := 0 } lt(k, count) { k := add(k, 1) } {
                     let f := shr(224, calldataload(add(base, add(3, mul(k, 4)))))
                     score := add(score, mload(add(wp, mul(f, 32))))
-                    let c := add(sp, mul(f, 32))
-                    mstore(c, add(mload(c), 1))
                 }
-                mstore(add(add(scores, 32), mul(t, 32)), score)
+                mstore(add(sp, mul(t, 32)), score)
                 if eq(sgt(score, 0), label) { correct := add(correct, 1) }
-                entryCount := add(entryCount, count)
             }
-            offset = end;
         }
-        if (offset != data.length) revert IPredictionMarket.MarketInvalidTrainingInput("testSamples");
-        // Inclusive prefix sums: starts[j] becomes the end of feature j's range.
-        uint256 running;
-        for (uint256 j = 0; j < dim; ++j) {
-            running += starts[j];
-            starts[j] = running;
-        }
-        starts[dim] = running;
-        // Pass 2: fill from the back; each starts[j] moves down to the start of its range.
-        bytes memory entries = new bytes(entryCount * 2 + 32);
-        offset = 0;
-        for (uint256 t = 0; t < m; ++t) {
-            assembly ("memory-safe") {
-                let base := add(data.offset, offset)
-                let count := and(shr(232, calldataload(base)), 0xffff)
-                let sp := add(starts, 32)
-                let ep := add(entries, 32)
-                for { let k := 0 } lt(k, count) { k := add(k, 1) } {
-                    let f := shr(224, calldataload(add(base, add(3, mul(k, 4)))))
-                    let c := add(sp, mul(f, 32))
-                    let pos := sub(mload(c), 1)
-                    mstore(c, pos)
-                    let at := add(ep, mul(pos, 2))
-                    mstore8(at, shr(8, t))
-                    mstore8(add(at, 1), and(t, 0xff))
+        if (bad != 0) revert IPredictionMarket.MarketInvalidTrainingInput("index labels");
+        // Pass 2: column by column, every entry (j, t) must be row t's next feature. Each entry
+        // advances one row cursor, no cursor passes its row's count, and there are exactly as
+        // many entries as features: so every row is matched exactly, in order.
+        uint256[] memory cursors = new uint256[](m);
+        assembly ("memory-safe") {
+            let rp := add(rows, 32)
+            let cp := add(cursors, 32)
+            let ip := add(index.offset, startsAt)
+            let ep := add(index.offset, entriesAt)
+            let e := shr(224, calldataload(ip))
+            if e { bad := 1 }
+            for { let j := 0 } lt(j, dim) { j := add(j, 1) } {
+                let until := shr(224, calldataload(add(ip, mul(add(j, 1), 4))))
+                if lt(until, e) { bad := 1 }
+                if gt(until, entries) { bad := 1 }
+                if bad { break }
+                for { } lt(e, until) { e := add(e, 1) } {
+                    let t := shr(240, calldataload(add(ep, mul(e, 2))))
+                    if iszero(lt(t, m)) {
+                        bad := 1
+                        break
+                    }
+                    let cslot := add(cp, mul(t, 32))
+                    let c := mload(cslot)
+                    let base := add(data.offset, mload(add(rp, mul(t, 32))))
+                    let count := and(shr(232, calldataload(base)), 0xffff)
+                    if iszero(lt(c, count)) {
+                        bad := 1
+                        break
+                    }
+                    if iszero(eq(shr(224, calldataload(add(base, add(3, mul(c, 4))))), j)) {
+                        bad := 1
+                        break
+                    }
+                    mstore(cslot, add(c, 1))
                 }
-                offset := add(offset, add(3, mul(count, 4)))
             }
+            if iszero(eq(e, entries)) { bad := 1 }
         }
-        ix = TestIndex({digest: digest, scores: scores, labels: labels, starts: starts, entries: entries});
+        if (bad != 0) revert IPredictionMarket.MarketInvalidTrainingInput("index");
+    }
+
+    function _grow(uint256[] memory a) private pure returns (uint256[] memory b) {
+        b = new uint256[](a.length * 2);
+        for (uint256 i = 0; i < a.length; ++i) b[i] = a[i];
     }
 
     /// @dev Trains the model on the contribution SAMPLE at `offset` (validated when contributed
     /// and matched to its checkpoint by the caller). On a mistake, moves the weights of its
-    /// features and the scores of the test samples that share them, keeping `correct` exact.
+    /// features and the scores of the test samples that share them, read from the checked
+    /// INDEX, keeping `correct` exact. Returns the new count and the offset after the sample.
     function trainOne(
         bytes calldata data,
         uint256 offset,
-        int256[] memory w,
-        TestIndex memory ix,
-        int256 intercept,
-        int256 learningRate,
+        Model memory model,
+        bytes calldata index,
+        uint256 m,
         uint256 correct
     ) internal pure returns (uint256, uint256 next) {
-        int256[] memory scores = ix.scores;
-        bytes memory labels = ix.labels;
-        uint256[] memory starts = ix.starts;
-        bytes memory entries = ix.entries;
+        int256[] memory w = model.weights;
+        int256[] memory scores = model.scores;
+        int256 intercept = model.intercept;
+        int256 learningRate = model.learningRate;
+        uint256 dim = w.length;
         assembly ("memory-safe") {
             let base := add(data.offset, offset)
             let header := calldataload(base)
@@ -266,18 +355,17 @@ library SampleCodec {
             if iszero(eq(sgt(score, 0), label)) {
                 let delta := learningRate
                 if iszero(label) { delta := sub(0, learningRate) }
-                let sp := add(starts, 32)
-                let ep := add(entries, 32)
+                let ip := add(index.offset, m)
+                let ep := add(ip, mul(add(dim, 1), 4))
                 let scp := add(scores, 32)
-                let lp := add(labels, 32)
                 for { let k := 0 } lt(k, count) { k := add(k, 1) } {
                     let f := shr(224, calldataload(add(base, add(3, mul(k, 4)))))
                     let wslot := add(wp, mul(f, 32))
                     mstore(wslot, add(mload(wslot), delta))
-                    let e := mload(add(sp, mul(f, 32)))
-                    let until := mload(add(sp, mul(add(f, 1), 32)))
+                    let e := shr(224, calldataload(add(ip, mul(f, 4))))
+                    let until := shr(224, calldataload(add(ip, mul(add(f, 1), 4))))
                     for { } lt(e, until) { e := add(e, 1) } {
-                        let t := shr(240, mload(add(ep, mul(e, 2))))
+                        let t := shr(240, calldataload(add(ep, mul(e, 2))))
                         let sslot := add(scp, mul(t, 32))
                         let old := mload(sslot)
                         let new := add(old, delta)
@@ -285,7 +373,7 @@ library SampleCodec {
                         let positive := sgt(new, 0)
                         if iszero(eq(sgt(old, 0), positive)) {
                             // The prediction flipped: it is now right iff it equals the label.
-                            switch eq(positive, shr(248, mload(add(lp, t))))
+                            switch eq(positive, shr(248, calldataload(add(index.offset, t))))
                             case 1 { correct := add(correct, 1) }
                             default { correct := sub(correct, 1) }
                         }
