@@ -15,12 +15,13 @@ What each figure measures (docs/gas.md explains why each costs what it does):
 - ``deploy_market_gas``: ``createMarket`` through the clone factory with dim 1024 (zero
   weights); ``deploy_market_gas_dim1`` the same with dim 1, and ``weights_init_gas`` the
   difference: what carrying, checking and logging 1024 initial weights costs.
-- ``train_gas_per_contribution``: gas of all training steps / K.
+- ``prepare_gas``: the one ``prepareRewards`` step that checks the test set's inverted index.
+- ``train_gas_per_contribution``: gas of all training steps / K (without the preparation).
 - ``naive_train_gas_per_contribution``: ``NaivePerceptron.scoreContribution`` (storage
   weights, update + evaluateBatch over the m test samples, as 0xDeCA10B scores), averaged over
   20 contributions spread over the sequence, the model advanced by ``update`` in between.
 - ``rounds_gas_*``: gas of the ``rewards`` steps (rounds and settlement) for K = 250/500/1000.
-- ``reward_gas_total``: training + rounds + settlement of the reference market;
+- ``reward_gas_total``: preparation + training + rounds + settlement of the reference market;
   ``reward_txs`` the number of ``processRewards`` transactions and ``reward_txs_bound``
   ``⌈reward_gas_total / 15M⌉ + 2``.
 """
@@ -307,9 +308,10 @@ def run() -> dict[str, Any]:
             print(f"market K={k}: {len(markets[k].steps)} steps", file=sys.stderr, flush=True)
         ref = markets[K]
 
+        prepare_total, prepare_txs = step_gas(ref, "prepare")
         train_total, train_txs = step_gas(ref, "train")
         rounds_total, rounds_txs = step_gas(ref, "rewards")
-        reward_total = train_total + rounds_total
+        reward_total = prepare_total + train_total + rounds_total
         naive = naive_gas(chain, ref)
         naive_mean = statistics.fmean(naive)
         assert ref.client is not None
@@ -349,6 +351,7 @@ def run() -> dict[str, Any]:
             "weights_init_gas": deploy_full - deploy_dim1,
             "deploy_market_gas_dense_weights": deploy_dense,
             "weights_init_gas_dense": deploy_dense - deploy_dim1,
+            "prepare_gas": prepare_total,
             "train_gas_total": train_total,
             "train_txs": train_txs,
             "train_gas_per_contribution": round(train_per, 1),
@@ -364,7 +367,7 @@ def run() -> dict[str, Any]:
             "rounds_gas_k1000": rounds[1000],
             "rounds_k1000_over_k500": round(rounds[1000] / rounds[500], 3),
             "reward_gas_total": reward_total,
-            "reward_txs": train_txs + rounds_txs,
+            "reward_txs": prepare_txs + train_txs + rounds_txs,
             "reward_txs_bound": math.ceil(reward_total / GAS_CAP) + 2,
             "rounds": len(ref.client.rounds()),
             "node": w3.client_version,
