@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -122,6 +123,14 @@ ARGS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     "cancel": {"who": ANYONE},
 }
 FINAL = (Phase.COLLECT, Phase.CANCELLED)
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def call_rule(name: str) -> Callable[[F], F]:
+    """``@rule`` with the shared arguments of the call ``name``."""
+    decorator: Callable[[F], F] = rule(**ARGS[name])  # type: ignore[call-overload]
+    return decorator
+
 
 # Tallies across examples, printed at the end of the test (what the run reached).
 REACHED: Counter[str] = Counter()
@@ -266,7 +275,7 @@ class MarketMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ participation
 
     @precondition(lambda self: self.last_phase in (Phase.PARTICIPATION,))
-    @rule(**ARGS["contribute"])
+    @call_rule("contribute")
     def contribute(self, who: int, kind: str, deposit: str, seed: int) -> None:
         rng = random.Random(seed)
         dim, maxf = self.params.dim, self.params.max_features
@@ -312,7 +321,7 @@ class MarketMachine(RuleBasedStateMachine):
             self.contribute(who, "valid", "above" if (seed >> i) & 1 else "at", seed + i)
 
     @precondition(lambda self: self.last_phase in (Phase.COMMITTED,))
-    @rule(**ARGS["draw"])
+    @call_rule("draw")
     def draw(self, who: int) -> None:
         certain = self._certain()
         phase = self.market.phase()
@@ -327,7 +336,7 @@ class MarketMachine(RuleBasedStateMachine):
         self._expect(ok if certain else None, error, f"draw in {phase.name}")
 
     @precondition(lambda self: self.last_phase in (Phase.COMMITTED,))
-    @rule(**ARGS["reveal_public"])
+    @call_rule("reveal_public")
     def reveal_public(self, who: int, kind: str) -> None:
         info = self.market.info()
         portion = info.portion
@@ -353,7 +362,7 @@ class MarketMachine(RuleBasedStateMachine):
             REACHED["public reveal"] += 1
 
     @precondition(lambda self: self.last_phase in (Phase.PARTICIPATION,))
-    @rule(**ARGS["end_market"])
+    @call_rule("end_market")
     def end_market(self, who: int) -> None:
         certain = self._certain()
         now = self._now()
@@ -370,7 +379,7 @@ class MarketMachine(RuleBasedStateMachine):
         return unrevealed_indices(self.params, portion, set(self.revealed))
 
     @precondition(lambda self: self.last_phase in (Phase.REVEAL,))
-    @rule(**ARGS["reveal_batch"])
+    @call_rule("reveal_batch")
     def reveal_batch(self, who: int, kind: str, k: int, seed: int) -> None:
         rng = random.Random(seed)
         info = self.market.info()
@@ -416,7 +425,7 @@ class MarketMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ reward
 
     @precondition(lambda self: self.last_phase in (Phase.REWARD,))
-    @rule(**ARGS["process_rewards"])
+    @call_rule("process_rewards")
     def process_rewards(self, who: int, gas: int | None, k: int, forged: bool) -> None:
         phase = self.market.phase()
         before = self.market.reward_status()
@@ -493,7 +502,7 @@ class MarketMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ collect, cancel
 
     @precondition(lambda self: self.last_phase in FINAL)
-    @rule(**ARGS["withdraw"])
+    @call_rule("withdraw")
     def withdraw(self, who: int, mode: str, seed: int) -> None:
         rng = random.Random(seed)
         own = [i for i, a in self.ids.items() if a == who and i not in self.withdrawn]
@@ -528,7 +537,7 @@ class MarketMachine(RuleBasedStateMachine):
             REACHED["withdraw"] += 1
 
     @precondition(lambda self: self.last_phase in FINAL)
-    @rule(**ARGS["withdraw_provider"])
+    @call_rule("withdraw_provider")
     def withdraw_provider(self, who: int) -> None:
         certain = self._certain()
         phase = self.market.phase()
@@ -549,7 +558,7 @@ class MarketMachine(RuleBasedStateMachine):
         return int(self.market.info().bounty)
 
     @precondition(lambda self: self.last_phase in (Phase.COMMITTED, Phase.REVEAL, Phase.CANCELLED))
-    @rule(**ARGS["cancel"])
+    @call_rule("cancel")
     def cancel(self, who: int) -> None:
         certain = self._certain()
         phase = self.market.phase()
