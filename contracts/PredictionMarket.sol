@@ -25,7 +25,7 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
     uint256 public constant MAX_FEATURES = 256;
     /// @notice Bound on `testSize * maxFeatures`: re-supplying and indexing the test set is the
     /// fixed cost of every training step and must leave most of a 15M-gas step for contributions.
-    uint256 public constant MAX_TEST_ENTRIES = 40_000;
+    uint256 public constant MAX_TEST_ENTRIES = 30_000;
     /// @notice Contributions per checkpoint hash.
     uint256 public constant CHECKPOINT = 16;
     /// @dev Weights and intercept stay within ±2^62 and the learning rate within 2^20, so
@@ -346,14 +346,15 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
             revert MarketInvalidTrainingInput("weights");
         }
         int256[] memory w = SampleCodec.decodeWeights(weights, p.dim);
+        bytes32 indexHash = keccak256(index);
         (bytes32 digest, int256[] memory scores, uint256 accuracy) = SampleCodec.verifyIndex(
             testSamples,
             index,
+            indexHash,
             w,
             p.intercept
         );
         if (digest != _testDigest) revert MarketInvalidTrainingInput("testSamples");
-        bytes32 indexHash = keccak256(index);
         bytes32 stateHash = SampleCodec.hashState(w, scores);
         _indexHash = indexHash;
         _stateHash = stateHash;

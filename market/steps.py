@@ -38,7 +38,7 @@ STAGE_TRAIN = 1
 STAGE_DONE = 5
 # Fraction of the gas cap a step aims for: estimates move a little between the estimate and
 # the block (state written by other transactions), so a step keeps 10% headroom.
-FILL = 0.9
+FILL = 0.97
 
 
 @dataclass(frozen=True)

@@ -227,22 +227,52 @@ library SampleCodec {
         if (bad != 0) revert IPredictionMarket.MarketInvalidWeights();
     }
 
+    /// @dev The largest prime below 2^256: the field of the index check's polynomial identity.
+    uint256 private constant FIELD = 2 ** 256 - 189;
+
     /// @dev Checks that `index` is the inverted index of the m test SAMPLEs in `data` and scores
     /// them with the weights. INDEX = labels (m bytes) ‖ starts ((dim+1) × uint32) ‖ entries
-    /// (E × uint16): the test samples containing feature j are entries starts[j] .. starts[j+1]-1,
-    /// ascending. Returns the test digest of `data`, the scores and the correct count.
+    /// (E × uint16): the test samples containing feature j are entries starts[j] .. starts[j+1]-1.
+    /// Returns the test digest of `data`, the scores and the correct count.
+    ///
+    /// The pairs (t, j) listed by the columns must be exactly the pairs of the rows. Both sides
+    /// are hashed into the polynomial Π (x + (t << 32 | j)) over a prime field at a point x
+    /// drawn from the hash of both inputs (Fiat–Shamir): two different multisets of at most E
+    /// pairs agree at a random point with probability at most E / 2^256, and changing either
+    /// input redraws x. Rows never repeat a pair (their features strictly increase), so equal
+    /// multisets mean the index is the exact transpose. This costs two field multiplications
+    /// per entry, where matching every entry against its row's next feature costs three times
+    /// as much.
     function verifyIndex(
         bytes calldata data,
         bytes calldata index,
+        bytes32 indexHash,
         int256[] memory w,
         int256 intercept
     ) internal pure returns (bytes32 digest, int256[] memory scores, uint256 correct) {
+        uint256[] memory rows;
+        uint256 entries;
+        (digest, rows, entries) = _scanSamples(data);
+        uint256 m = rows.length;
         uint256 dim = w.length;
-        // Pass 1: walk the samples once for the digest, the row offsets, the labels and scores.
-        uint256[] memory rows = new uint256[](16);
+        if (index.length != m + 4 * (dim + 1) + 2 * entries) {
+            revert IPredictionMarket.MarketInvalidTrainingInput("index");
+        }
+        uint256 x = uint256(keccak256(abi.encode(digest, indexHash))) % FIELD;
+        uint256 rowProduct;
+        (scores, correct, rowProduct) = _scoreRows(data, index, rows, w, intercept, x);
+        if (rowProduct != _columnProduct(index, m, dim, entries, x)) {
+            revert IPredictionMarket.MarketInvalidTrainingInput("index");
+        }
+    }
+
+    /// @dev Pass 1: the digest chain, each sample's offset, and the number of features in all.
+    function _scanSamples(
+        bytes calldata data
+    ) private pure returns (bytes32 digest, uint256[] memory rows, uint256 entries) {
+        rows = new uint256[](16);
         uint256 m;
         uint256 offset;
-        uint256 entries;
         while (offset < data.length) {
             uint256 end = sampleEnd(data, offset);
             digest = chainSample(data, digest, offset, end);
@@ -251,71 +281,104 @@ library SampleCodec {
             entries += (end - offset - 3) / 4;
             offset = end;
         }
-        uint256 startsAt = m;
-        uint256 entriesAt = m + 4 * (dim + 1);
-        if (index.length != entriesAt + 2 * entries) revert IPredictionMarket.MarketInvalidTrainingInput("index");
-        scores = new int256[](m);
-        uint256 bad;
         assembly ("memory-safe") {
-            let wp := add(w, 32)
-            let rp := add(rows, 32)
-            let sp := add(scores, 32)
-            for { let t := 0 } lt(t, m) { t := add(t, 1) } {
-                let base := add(data.offset, mload(add(rp, mul(t, 32))))
-                let header := calldataload(base)
-                let label := shr(248, header)
-                let count := and(shr(232, header), 0xffff)
-                if iszero(eq(label, shr(248, calldataload(add(index.offset, t))))) { bad := 1 }
-                let score := intercept
-                for { let k := 0 } lt(k, count) { k := add(k, 1) } {
-                    let f := shr(224, calldataload(add(base, add(3, mul(k, 4)))))
-                    score := add(score, mload(add(wp, mul(f, 32))))
-                }
-                mstore(add(sp, mul(t, 32)), score)
-                if eq(sgt(score, 0), label) { correct := add(correct, 1) }
-            }
+            mstore(rows, m)
+        }
+    }
+
+    /// @dev Scores every test sample, checks that INDEX carries its label, and returns the
+    /// product over the rows' pairs.
+    function _scoreRows(
+        bytes calldata data,
+        bytes calldata index,
+        uint256[] memory rows,
+        int256[] memory w,
+        int256 intercept,
+        uint256 x
+    ) private pure returns (int256[] memory scores, uint256 correct, uint256 product) {
+        uint256 m = rows.length;
+        scores = new int256[](m);
+        product = 1;
+        uint256 bad;
+        for (uint256 t = 0; t < m; ++t) {
+            int256 score;
+            uint256 label;
+            (score, label, product) = _scoreRow(data, rows[t], w, intercept, t, x, product);
+            scores[t] = score;
+            if (label != uint8(index[t])) bad = 1;
+            if ((score > 0 ? 1 : 0) == label) ++correct;
         }
         if (bad != 0) revert IPredictionMarket.MarketInvalidTrainingInput("index labels");
-        // Pass 2: column by column, every entry (j, t) must be row t's next feature. Each entry
-        // advances one row cursor, no cursor passes its row's count, and there are exactly as
-        // many entries as features: so every row is matched exactly, in order.
-        uint256[] memory cursors = new uint256[](m);
+    }
+
+    /// @dev One row: its score, its label, and `product` times (x + (t << 32 | j)) for its j.
+    function _scoreRow(
+        bytes calldata data,
+        uint256 offset,
+        int256[] memory w,
+        int256 intercept,
+        uint256 t,
+        uint256 x,
+        uint256 product
+    ) private pure returns (int256 score, uint256 label, uint256) {
         assembly ("memory-safe") {
-            let rp := add(rows, 32)
-            let cp := add(cursors, 32)
-            let ip := add(index.offset, startsAt)
-            let ep := add(index.offset, entriesAt)
-            let e := shr(224, calldataload(ip))
+            let base := add(data.offset, offset)
+            let header := calldataload(base)
+            label := shr(248, header)
+            let fp := add(base, 3)
+            let stop_ := add(fp, mul(and(shr(232, header), 0xffff), 4))
+            let wp := add(w, 32)
+            let row := add(x, shl(32, t))
+            score := intercept
+            for { } lt(fp, stop_) { fp := add(fp, 4) } {
+                let f := shr(224, calldataload(fp))
+                score := add(score, mload(add(wp, shl(5, f))))
+                product := mulmod(product, addmod(row, f, FIELD), FIELD)
+            }
+        }
+        return (score, label, product);
+    }
+
+    /// @dev The product over the columns' pairs; checks the offsets run from 0 to E without
+    /// going back and that every entry names a test sample.
+    function _columnProduct(
+        bytes calldata index,
+        uint256 m,
+        uint256 dim,
+        uint256 entries,
+        uint256 x
+    ) private pure returns (uint256 product) {
+        uint256 bad;
+        assembly ("memory-safe") {
+            let starts := add(index.offset, m)
+            let first := add(starts, mul(add(dim, 1), 4))
+            let e := shr(224, calldataload(starts))
             if e { bad := 1 }
+            product := 1
             for { let j := 0 } lt(j, dim) { j := add(j, 1) } {
-                let until := shr(224, calldataload(add(ip, mul(add(j, 1), 4))))
-                if lt(until, e) { bad := 1 }
-                if gt(until, entries) { bad := 1 }
-                if bad { break }
-                for { } lt(e, until) { e := add(e, 1) } {
-                    let t := shr(240, calldataload(add(ep, mul(e, 2))))
-                    if iszero(lt(t, m)) {
-                        bad := 1
-                        break
-                    }
-                    let cslot := add(cp, mul(t, 32))
-                    let c := mload(cslot)
-                    let base := add(data.offset, mload(add(rp, mul(t, 32))))
-                    let count := and(shr(232, calldataload(base)), 0xffff)
-                    if iszero(lt(c, count)) {
-                        bad := 1
-                        break
-                    }
-                    if iszero(eq(shr(224, calldataload(add(base, add(3, mul(c, 4))))), j)) {
-                        bad := 1
-                        break
-                    }
-                    mstore(cslot, add(c, 1))
+                let until := shr(224, calldataload(add(starts, shl(2, add(j, 1)))))
+                if or(lt(until, e), gt(until, entries)) {
+                    bad := 1
+                    break
                 }
+                let column := add(x, j)
+                let last := add(first, shl(1, until))
+                for { let entry := add(first, shl(1, e)) } lt(entry, last) { entry := add(entry, 2) } {
+                    let t := shr(240, calldataload(entry))
+                    if iszero(lt(t, m)) { bad := 1 }
+                    product := mulmod(product, addmod(column, shl(32, t), FIELD), FIELD)
+                }
+                e := until
             }
             if iszero(eq(e, entries)) { bad := 1 }
         }
         if (bad != 0) revert IPredictionMarket.MarketInvalidTrainingInput("index");
+    }
+
+    function _u32(bytes calldata data, uint256 pos) private pure returns (uint256 v) {
+        assembly ("memory-safe") {
+            v := shr(224, calldataload(add(data.offset, pos)))
+        }
     }
 
     function _grow(uint256[] memory a) private pure returns (uint256[] memory b) {
@@ -335,52 +398,58 @@ library SampleCodec {
         uint256 m,
         uint256 correct
     ) internal pure returns (uint256, uint256 next) {
+        (int256 score, uint256 label, ) = _scoreRow(data, offset, model.weights, model.intercept, 0, 0, 1);
+        uint256 count;
+        assembly ("memory-safe") {
+            count := and(shr(232, calldataload(add(data.offset, offset))), 0xffff)
+        }
+        next = offset + 3 + 4 * count;
+        if ((score > 0 ? 1 : 0) == label) return (correct, next);
+        int256 delta = label == 1 ? model.learningRate : -model.learningRate;
+        uint256 dim = model.weights.length;
+        for (uint256 k = 0; k < count; ++k) {
+            uint256 f = _u32(data, offset + 3 + 4 * k);
+            correct = _moveFeature(model, index, m, dim, f, delta, correct);
+        }
+        return (correct, next);
+    }
+
+    /// @dev Adds `delta` to weight `f` and to the score of every test sample in INDEX column
+    /// `f`, counting predictions that flip to right (+1) or to wrong (−1).
+    function _moveFeature(
+        Model memory model,
+        bytes calldata index,
+        uint256 m,
+        uint256 dim,
+        uint256 f,
+        int256 delta,
+        uint256 correct
+    ) private pure returns (uint256) {
         int256[] memory w = model.weights;
         int256[] memory scores = model.scores;
-        int256 intercept = model.intercept;
-        int256 learningRate = model.learningRate;
-        uint256 dim = w.length;
         assembly ("memory-safe") {
-            let base := add(data.offset, offset)
-            let header := calldataload(base)
-            let label := shr(248, header)
-            let count := and(shr(232, header), 0xffff)
-            next := add(offset, add(3, mul(count, 4)))
-            let wp := add(w, 32)
-            let score := intercept
-            for { let k := 0 } lt(k, count) { k := add(k, 1) } {
-                let f := shr(224, calldataload(add(base, add(3, mul(k, 4)))))
-                score := add(score, mload(add(wp, mul(f, 32))))
-            }
-            if iszero(eq(sgt(score, 0), label)) {
-                let delta := learningRate
-                if iszero(label) { delta := sub(0, learningRate) }
-                let ip := add(index.offset, m)
-                let ep := add(ip, mul(add(dim, 1), 4))
-                let scp := add(scores, 32)
-                for { let k := 0 } lt(k, count) { k := add(k, 1) } {
-                    let f := shr(224, calldataload(add(base, add(3, mul(k, 4)))))
-                    let wslot := add(wp, mul(f, 32))
-                    mstore(wslot, add(mload(wslot), delta))
-                    let e := shr(224, calldataload(add(ip, mul(f, 4))))
-                    let until := shr(224, calldataload(add(ip, mul(add(f, 1), 4))))
-                    for { } lt(e, until) { e := add(e, 1) } {
-                        let t := shr(240, calldataload(add(ep, mul(e, 2))))
-                        let sslot := add(scp, mul(t, 32))
-                        let old := mload(sslot)
-                        let new := add(old, delta)
-                        mstore(sslot, new)
-                        let positive := sgt(new, 0)
-                        if iszero(eq(sgt(old, 0), positive)) {
-                            // The prediction flipped: it is now right iff it equals the label.
-                            switch eq(positive, shr(248, calldataload(add(index.offset, t))))
-                            case 1 { correct := add(correct, 1) }
-                            default { correct := sub(correct, 1) }
-                        }
-                    }
+            let wslot := add(add(w, 32), shl(5, f))
+            mstore(wslot, add(mload(wslot), delta))
+            let starts := add(index.offset, m)
+            let entry := add(add(starts, mul(add(dim, 1), 4)), shl(1, shr(224, calldataload(add(starts, shl(2, f))))))
+            let last := add(add(starts, mul(add(dim, 1), 4)), shl(1, shr(224, calldataload(add(starts, shl(2, add(f, 1)))))))
+            let scp := add(scores, 32)
+            let labels := index.offset
+            for { } lt(entry, last) { entry := add(entry, 2) } {
+                let t := shr(240, calldataload(entry))
+                let sslot := add(scp, shl(5, t))
+                let old := mload(sslot)
+                let new := add(old, delta)
+                mstore(sslot, new)
+                let positive := sgt(new, 0)
+                if iszero(eq(sgt(old, 0), positive)) {
+                    // The prediction flipped: it is now right iff it equals the label.
+                    switch eq(positive, shr(248, calldataload(add(labels, t))))
+                    case 1 { correct := add(correct, 1) }
+                    default { correct := sub(correct, 1) }
                 }
             }
         }
-        return (correct, next);
+        return correct;
     }
 }
