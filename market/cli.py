@@ -692,6 +692,24 @@ def simulate(
     out.print(f"plot: {path}")
 
 
+@app.command("deploy-factory")
+def deploy_factory_command() -> None:
+    """Deploy the market factory with the operator account and print its address."""
+    config = settings()
+    w3 = web3(config)
+    if config.operator_key is None:
+        raise InvalidInput("MARKET_OPERATOR_KEY", "is not set: the account that deploys and pays")
+    try:
+        operator: LocalAccount = Account.from_key(config.operator_key)
+    except (ValueError, TypeError):
+        raise InvalidInput("MARKET_OPERATOR_KEY", "does not hold a valid private key") from None
+    from market.launch import deploy_factory
+
+    address = deploy_factory(sender_for(config, w3, operator))
+    typer.echo(address)
+    typer.echo(f"set MARKET_FACTORY={address} for the service", err=True)
+
+
 @stack_app.command("up")
 def stack_up(
     workers: Annotated[int, typer.Option()] = 1,

@@ -14,7 +14,7 @@ import redis
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from market.chain import MarketClient
+from market.chain import FactoryClient, MarketClient
 from market.config import Settings
 from market.datasets import load_builtin
 from market.launch import deploy_factory
@@ -222,3 +222,19 @@ def test_simulate_prints_the_table_and_writes_the_plot(tmp_path: Path) -> None:
                "--plot", str(plot))  # fmt: skip
     assert "adversary-1" in proc.stdout and "honest-3" in proc.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(120)
+def test_deploy_factory_prints_a_working_factory(
+    w3: Web3, accounts: list[LocalAccount], snapshot: None
+) -> None:
+    env = {
+        **os.environ,
+        "MARKET_RPC_URL": w3.provider.endpoint_uri,  # type: ignore[attr-defined]
+        "MARKET_OPERATOR_KEY": "0x" + accounts[9].key.hex(),
+    }
+    address = run(env, "deploy-factory").stdout.strip()
+    factory = FactoryClient(w3, address)
+    assert Web3.is_address(factory.implementation())
+    assert w3.eth.get_code(factory.implementation())
+    run({**env, "MARKET_OPERATOR_KEY": "0x1234"}, "deploy-factory", ok=False)
