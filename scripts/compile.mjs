@@ -2,6 +2,7 @@
 // The only place in the project that runs solc. Deterministic: sources are read in sorted
 // order, the metadata hash is left out of the bytecode, and the settings below are pinned.
 // Skips the work when the sources, the settings and the compiler are what built the artifacts.
+// Usage: node scripts/compile.mjs [--force] [--quiet] [--out DIR]
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
@@ -10,7 +11,8 @@ import solc from "solc";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const contractsDir = join(root, "contracts");
-const outDir = join(root, "market", "artifacts");
+const outFlag = process.argv.indexOf("--out");
+const outDir = outFlag > 0 ? process.argv[outFlag + 1] : join(root, "market", "artifacts");
 
 export const SETTINGS = {
   optimizer: { enabled: true, runs: 200 },
