@@ -97,9 +97,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def try_acquire(
-    client: redis.Redis, key: str, *, lease_s: float = DEFAULT_LEASE_S
-) -> Lease | None:
+def try_acquire(client: redis.Redis, key: str, *, lease_s: float = DEFAULT_LEASE_S) -> Lease | None:
     """One ``SET key token NX PX lease`` attempt: the lease, or None when the key is taken."""
     token = secrets.token_hex(16)
     if client.set(key, token, nx=True, px=_ms(lease_s)):
