@@ -28,6 +28,7 @@ from rich.table import Table
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
+from market import replay
 from market.chain import FactoryClient, MarketClient
 from market.config import Settings, load_settings
 from market.datasets import BUILTIN_NAMES, Dataset, DatasetKind, load_builtin, load_dataset
@@ -227,15 +228,8 @@ def model_from_chain(client: MarketClient) -> tuple[Perceptron, bool]:
     Returns ``(model, verified)``: ``verified`` when the replay reached a point the chain
     holds the hash of (``weightsHash()`` covers the contributions trained so far).
     """
-    init = client.initialized()
-    params = init["params"]
-    model = Perceptron.from_weights_bytes(
-        init["initial_weights"],
-        intercept=params.intercept,
-        learning_rate=params.learning_rate,
-        dim=params.dim,
-    )
-    samples = [decode_sample(r.sample) for r in client.contributions()]
+    model = replay.initial_model(client)
+    samples = [c.sample for c in replay.contributions(client)]
     trained = client.reward_status().trained if client.phase() >= Phase.REWARD else 0
     for sample in samples[:trained]:
         model.update(sample.features, sample.label)

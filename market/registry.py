@@ -10,8 +10,6 @@ and metadata is reloaded from the ``<address>.meta.json`` files kept beside the 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import redis
 from web3 import Web3
 
 from market.chain import FactoryClient, MarketClient
+from market.vault import write_atomic
 
 PREFIX = "market:registry:"
 
@@ -96,9 +95,8 @@ class Registry:
         self.cache.hset(self._key + ":metadata", address.lower(), text)
         if self.metadata_dir is not None:
             self.metadata_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(
-                self.metadata_dir / f"{Web3.to_checksum_address(address)}.meta.json", text
-            )
+            path = self.metadata_dir / f"{Web3.to_checksum_address(address)}.meta.json"
+            write_atomic(path, text.encode())
 
     def metadata(self, address: str) -> dict[str, Any] | None:
         raw = self.cache.hget(self._key + ":metadata", address.lower())
@@ -112,16 +110,3 @@ class Registry:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -22,12 +22,10 @@ from typing import Any
 
 import redis
 
+from market import replay
 from market.chain import MarketClient
-from market.encoding import decode_sample
-from market.model import Perceptron
-from market.rewards import Contribution, compute_rewards
-from market.steps import STAGE_DONE, STAGE_PREPARE, STAGE_TRAIN, revealed_test_set
-from market.types import Address, Phase, Wei
+from market.steps import STAGE_DONE, STAGE_PREPARE, STAGE_TRAIN
+from market.types import Phase
 
 STATUS_PREFIX = "market:status:"
 CONTRIBUTORS_PREFIX = "market:contributors:"
@@ -201,26 +199,7 @@ def _refresh_contributors(
 
 def _project(market: MarketClient, accounts: dict[str, Any]) -> None:
     """The mirror's payouts, computed once the whole test set is public."""
-    init = market.initialized()
-    params = init["params"]
-    model = Perceptron.from_weights_bytes(
-        init["initial_weights"],
-        intercept=params.intercept,
-        learning_rate=params.learning_rate,
-        dim=params.dim,
-    )
-    test = revealed_test_set(market.revealed_batches())
-    contributions = [
-        Contribution(Address(r.contributor), Wei(r.deposit), decode_sample(r.sample))
-        for r in market.contributions()
-    ]
-    result = compute_rewards(
-        model=model,
-        test=test,
-        contributions=contributions,
-        bounty=int(init["bounty"]),
-        min_stake=params.min_stake,
-    )
+    result = replay.mirror(market)
     for entry in accounts.values():
         entry["projected"] = str(sum(result.payouts[i - 1] for i in entry["ids"]))
 

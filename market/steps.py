@@ -17,11 +17,11 @@ from typing import Any
 
 from web3.contract.contract import ContractFunction
 
+from market import replay
 from market.chain import MarketClient, MarketParams
 from market.encoding import (
     CHECKPOINT,
     decode_reveal_items,
-    decode_sample,
     encode_index,
     encode_reveal_items,
     encode_samples,
@@ -89,7 +89,7 @@ def unrevealed_indices(params: MarketParams, portion: int, revealed: set[int]) -
 
 
 def revealed_test_set(batches: Sequence[bytes]) -> list[TestSample]:
-    """The revealed test samples in reveal order, from ``TestBatchRevealed`` items."""
+    """The revealed test samples in reveal order, from the reveal calls' items."""
     return [item for batch in batches for item in decode_reveal_items(batch)]
 
 
@@ -123,26 +123,17 @@ class MarketView:
     """What the planner reads of a market's public data (initial model, samples, reveals)."""
 
     client: MarketClient
-    params: MarketParams
     initial: Perceptron
 
     @classmethod
     def load(cls, client: MarketClient) -> MarketView:
-        init = client.initialized()
-        params: MarketParams = init["params"]
-        model = Perceptron.from_weights_bytes(
-            init["initial_weights"],
-            intercept=params.intercept,
-            learning_rate=params.learning_rate,
-            dim=params.dim,
-        )
-        return cls(client=client, params=params, initial=model)
+        return cls(client=client, initial=replay.initial_model(client))
 
     def contributions(self) -> list[Sample]:
-        return [decode_sample(r.sample) for r in self.client.contributions()]
+        return [c.sample for c in replay.contributions(self.client)]
 
     def test_set(self) -> list[Sample]:
-        return [t.sample for t in revealed_test_set(self.client.revealed_batches())]
+        return [t.sample for t in replay.test_set(self.client)]
 
 
 Estimator = Callable[[ContractFunction], int]

@@ -183,7 +183,7 @@ class Vault:
         cipher.update(MAGIC)
         ciphertext, tag = cipher.encrypt_and_digest(_encode(market_secrets))
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _write_atomic(path, MAGIC + nonce + ciphertext + tag)
+        write_atomic(path, MAGIC + nonce + ciphertext + tag)
         log.info("vault: wrote %s (%d test samples)", path.name, len(market_secrets.samples))
         return path
 
@@ -257,7 +257,7 @@ def _check_root(market_secrets: MarketSecrets, expected: bytes | None, path: Pat
             )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from market import replay
 from market.chain import FactoryClient, MarketClient, MarketParams
-from market.encoding import decode_sample
 from market.merkle import test_sample_tree
 from market.model import Perceptron
-from market.rewards import Contribution, RewardResult, compute_rewards
-from market.steps import next_step, revealed_test_set
-from market.types import Address, Phase, Sample, TestSample, Wei
+from market.rewards import RewardResult
+from market.steps import next_step
+from market.types import Phase, Sample, TestSample
 from tests.contracts.chaintools import increase_time, mine, send
 
 GAS_CAP = 15_000_000
@@ -186,21 +186,7 @@ def contribute_all(
 
 def mirror_of(client: MarketClient, spec: MarketSpec) -> RewardResult:
     """The Python mirror's result for what the chain holds (test set in reveal order)."""
-    test = revealed_test_set(client.revealed_batches())
-    contributions = [
-        Contribution(Address(r.contributor), Wei(r.deposit), decode_sample(r.sample))
-        for r in client.contributions()
-    ]
-    model = Perceptron(
-        weights=spec.weights, intercept=spec.intercept, learning_rate=spec.learning_rate
-    )
-    return compute_rewards(
-        model=model,
-        test=test,
-        contributions=contributions,
-        bounty=spec.bounty,
-        min_stake=spec.min_stake,
-    )
+    return replay.mirror(client)
 
 
 def run_market(
