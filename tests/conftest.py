@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +20,10 @@ Account.enable_unaudited_hdwallet_features()
 
 N_ACCOUNTS = 20
 # Tests use their own Redis database, flushed around each test, never the service's db 0.
-# Each test session claims a free database among 8..15 (a claim key in db 0 with a lease), so
-# that two sessions on one machine do not flush each other's keys.
-TEST_REDIS_DBS = range(8, 16)
+# Each test session claims a free database among 1..8 (a claim key in db 0 with a lease), so
+# that two sessions on one machine do not flush each other's keys. The benchmarks (10, 12) and
+# the demo (14) keep their own databases outside this range.
+TEST_REDIS_DBS = range(1, 9)
 CLAIM_PREFIX = "market:test-db-claim:"
 CLAIM_LEASE_S = 3600
 
@@ -81,3 +83,37 @@ def redis_url() -> Iterator[str]:
     client.flushdb()
     yield TEST_REDIS_URL
     client.flushdb()
+
+
+@pytest.fixture
+def make_service(
+    w3: Web3, accounts: list[LocalAccount], redis_url: str, tmp_path: Path
+) -> Callable[..., Any]:
+    """Build the service's orchestrator on the session anvil: a fresh factory deployed by the
+    operator (``accounts[operator]``), a vault in ``tmp_path``, the isolated Redis db.
+    Keyword arguments override :class:`market.config.Settings` fields."""
+    from dataclasses import replace
+
+    from market.config import Settings
+    from market.launch import deploy_factory
+    from market.orchestrator import Orchestrator
+    from market.tx import TxSender
+    from market.vault import generate_vault_key
+
+    def build(operator: int = 0, **overrides: Any) -> Orchestrator:
+        account = accounts[operator]
+        base = Settings(
+            rpc_url=w3.provider.endpoint_uri,  # type: ignore[attr-defined]
+            redis_url=redis_url,
+            vault_dir=tmp_path / "vault",
+            vault_key=generate_vault_key(),
+            operator_key=account.key.hex(),
+        )
+        base = replace(base, **overrides)
+        cache = redis.Redis.from_url(redis_url)
+        factory = deploy_factory(TxSender.from_settings(base, w3, account, cache))
+        return Orchestrator(
+            replace(base, factory_address=factory), w3=w3, cache=cache, account=account
+        )
+
+    return build

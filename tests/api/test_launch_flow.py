@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import redis
 from eth_account.signers.local import LocalAccount
 from fastapi import FastAPI
 from web3 import Web3
@@ -19,11 +19,8 @@ from market import status as status_cache
 from market.api import create_app
 from market.config import Settings
 from market.features import FeatureSpec
-from market.launch import deploy_factory
 from market.orchestrator import Orchestrator
-from market.tx import TxSender
 from market.types import Phase
-from market.vault import generate_vault_key
 from tests.api.conftest import AUTH, TOKEN, serve
 from tests.contracts.chaintools import increase_time, mine, send
 
@@ -45,23 +42,9 @@ def _csv(rows: int, seed: int) -> str:
 
 
 @pytest.fixture
-def launcher(
-    w3: Web3, accounts: list[LocalAccount], redis_url: str, tmp_path: Path, anvil: object
-) -> tuple[Settings, Orchestrator]:
-    operator = accounts[0]
-    base = Settings(
-        rpc_url=w3.provider.endpoint_uri,  # type: ignore[attr-defined]
-        redis_url=redis_url,
-        vault_dir=tmp_path / "vault",
-        vault_key=generate_vault_key(),
-        operator_key=operator.key.hex(),
-        api_token=TOKEN,
-        status_staleness_s=STALENESS_S,
-    )
-    cache: Any = redis.Redis.from_url(redis_url)
-    factory = deploy_factory(TxSender.from_settings(base, w3, operator, cache))
-    settings = Settings(**{**base.__dict__, "factory_address": factory})
-    return settings, Orchestrator(settings, w3=w3, cache=cache, account=operator)
+def launcher(make_service: Callable[..., Orchestrator]) -> tuple[Settings, Orchestrator]:
+    orchestrator = make_service(api_token=TOKEN, status_staleness_s=STALENESS_S)
+    return orchestrator.settings, orchestrator
 
 
 @pytest.fixture

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-import redis
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from market import status as status_cache
-from market.config import Settings
 from market.encoding import decode_sample
 from market.errors import InvalidParams
-from market.launch import LaunchSpec, deploy_factory, launch_market
+from market.launch import LaunchSpec, launch_market
 from market.model import Perceptron
 from market.orchestrator import Orchestrator
 from market.rewards import Contribution, compute_rewards
 from market.steps import revealed_test_set
-from market.tx import TxSender
 from market.types import Address, Phase, Sample, Wei
-from market.vault import generate_vault_key
 from tests.contracts.chaintools import increase_time, mine, send
 
 
@@ -32,22 +28,8 @@ def _sample(rng: random.Random, dim: int, rule: list[int], flip: bool = False) -
 
 
 @pytest.fixture
-def orchestrator(
-    w3: Web3, accounts: list[LocalAccount], redis_url: str, tmp_path: Path, anvil: object
-) -> Orchestrator:
-    operator = accounts[0]
-    base = Settings(
-        rpc_url=w3.provider.endpoint_uri,  # type: ignore[attr-defined]
-        redis_url=redis_url,
-        vault_dir=tmp_path / "vault",
-        vault_key=generate_vault_key(),
-        operator_key=operator.key.hex(),
-    )
-    cache = redis.Redis.from_url(redis_url)
-    sender = TxSender.from_settings(base, w3, operator, cache)
-    factory = deploy_factory(sender)
-    settings = Settings(**{**base.__dict__, "factory_address": factory})
-    return Orchestrator(settings, w3=w3, cache=cache, account=operator)
+def orchestrator(make_service: Callable[..., Orchestrator]) -> Orchestrator:
+    return make_service()
 
 
 def _drive(w3: Web3, orch: Orchestrator, rounds: int = 200) -> None:

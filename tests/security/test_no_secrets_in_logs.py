@@ -13,12 +13,10 @@ from __future__ import annotations
 import base64
 import logging
 import random
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -26,9 +24,8 @@ from web3 import Web3
 from market.config import Settings
 from market.encoding import encode_sample
 from market.errors import MarketError
-from market.launch import LaunchSpec, deploy_factory, launch_market
+from market.launch import LaunchSpec, launch_market
 from market.orchestrator import Orchestrator
-from market.tx import TxSender
 from market.types import Phase, Sample, TestSample
 from market.vault import Vault, generate_vault_key
 from tests.contracts.chaintools import increase_time, mine, send
@@ -106,21 +103,8 @@ def leaks(text: str, forms: dict[str, list[str]]) -> list[str]:
 
 
 @pytest.fixture
-def orchestrator(
-    w3: Web3, accounts: list[LocalAccount], redis_url: str, tmp_path: Path, anvil: object
-) -> Orchestrator:
-    operator = accounts[0]
-    base = Settings(
-        rpc_url=w3.provider.endpoint_uri,  # type: ignore[attr-defined]
-        redis_url=redis_url,
-        vault_dir=tmp_path / "vault",
-        vault_key=generate_vault_key(),
-        operator_key=operator.key.hex(),
-    )
-    cache = redis.Redis.from_url(redis_url)
-    factory = deploy_factory(TxSender.from_settings(base, w3, operator, cache))
-    settings = Settings(**{**base.__dict__, "factory_address": factory})
-    return Orchestrator(settings, w3=w3, cache=cache, account=operator)
+def orchestrator(make_service: Callable[..., Orchestrator]) -> Orchestrator:
+    return make_service()
 
 
 def _step(w3: Web3, orch: Orchestrator) -> None:
