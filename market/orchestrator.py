@@ -222,9 +222,9 @@ class Orchestrator:
         phase = market.phase()
         if phase not in (Phase.COMMITTED, Phase.REVEAL):
             return None
-        if not self.vault.exists(market.address):
-            return None
         try:
+            if not self.vault.exists(market.address):
+                return None
             root = market.params().test_root
             secrets = self.vault.load(market.address, expected_root=root)
         except VaultError as exc:

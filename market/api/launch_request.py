@@ -110,6 +110,8 @@ class LaunchFromPath(LaunchParams):
 
 def resolve_dataset_path(root: Path, relative: str) -> Path:
     """``relative`` inside ``root``, refusing escapes (``..``, absolute paths, symlinks out)."""
+    if "\x00" in relative:
+        raise InvalidParams("path", "a path cannot hold a NUL byte")
     base = root.resolve()
     target = (base / relative).resolve()
     if not target.is_relative_to(base):
@@ -123,7 +125,7 @@ def _fit(params: LaunchParams, dataset_rows: int, columns: tuple[str, ...], data
     """The encoder the market will publish, fitted or sized on the provider's data."""
     name = params.encoder
     # Without an explicit cap, each sample may use as many features as the contract's
-    # 40,000-entry test-set budget allows for this many rows (and no more than 256).
+    # test-set entry budget (MAX_TEST_ENTRIES) allows for this many rows (and no more than 256).
     fitting_cap = max(1, min(MAX_FEATURES, MAX_TEST_ENTRIES // max(1, dataset_rows)))
     cap = params.max_features or fitting_cap
     try:

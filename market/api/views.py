@@ -123,7 +123,7 @@ def market_summary(
 ) -> dict[str, Any]:
     """One line of the market list."""
     if status is None:
-        return {"address": address, "phase": None, "stale": True, "updated_at": None}
+        return {"address": address, "phase": None, "stale": True, "updated_at": None, "age_s": None}
     return {
         "address": status.get("address", address),
         "phase": status.get("phase"),

@@ -168,11 +168,6 @@ def test_every_operation_answers_without_5xx_and_as_documented(api_app: FastAPI)
     assert tally["server_errors"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="market/api/views.py market_summary leaves out age_s (and the other freshness "
-    "fields' null values) for a market without a cached status yet; MarketSummary requires it",
-)
 @pytest.mark.timeout(60)
 def test_a_market_listed_before_its_first_status_refresh_is_documented(
     api_app: FastAPI, redis_url: str
@@ -189,11 +184,6 @@ def test_a_market_listed_before_its_first_status_refresh_is_documented(
     case.validate_response(response, checks=CHECKS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="market/api/launch_request.py resolve_dataset_path lets Path.resolve's ValueError "
-    "('embedded null byte') escape: a NUL in a JSON launch's path answers 500, not 422",
-)
 @pytest.mark.timeout(60)
 def test_a_nul_byte_in_a_dataset_path_is_refused_by_name(api_app: FastAPI) -> None:
     schema = schemathesis.openapi.from_asgi("/openapi.json", api_app)

@@ -35,16 +35,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
     "broken_key",
     [
         pytest.param(lambda: generate_vault_key(), id="wrong"),
-        pytest.param(
-            lambda: None,
-            id="missing",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="market/orchestrator.py builds the Vault (self.vault) outside the try "
-                "of _secrets: a missing MARKET_VAULT_KEY raises before record_error, so "
-                "last_error stays empty (nothing is sent and the market does recover)",
-            ),
-        ),
+        pytest.param(lambda: None, id="missing"),
     ],
 )
 def test_a_bad_vault_key_at_the_reveal_stops_cleanly_and_recovers(
