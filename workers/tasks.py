@@ -44,6 +44,13 @@ ADVANCE_QUEUED_PREFIX = "market:advance-queued:"
 ADVANCE_QUEUED_TTL_S = 30
 # When the last reconcile ran: the beat health check reads it (workers/health.py).
 RECONCILE_HEARTBEAT_KEY = "market:reconcile:last"
+# One reconcile at a time: beat sends one every interval, and a reconcile over many markets
+# can take longer than that. Measured with 20 markets on 20 pool processes: overlapping
+# reconciles all re-read every market at once, each took 17 s (up to 60 s) instead of a
+# few, and due ends waited for them. A tick that finds one running is skipped; the marker
+# expires in case its holder was killed.
+RECONCILE_RUNNING_KEY = "market:reconcile:running"
+RECONCILE_RUNNING_TTL_S = 60
 # Diagnostics answer in milliseconds; a minute means the worker is stuck.
 DIAGNOSTIC_TIME_LIMIT_S = 60
 
@@ -96,7 +103,15 @@ def enqueue_advance(address: str, invocation: int = 1) -> bool:
 @task("market.reconcile")
 def reconcile() -> int:
     """Queue an ``advance`` for every market with a due step; how many were queued."""
-    queued = sum(enqueue_advance(address) for address in _orchestrator().reconcile())
+    token = repr(time.time())
+    if not _redis().set(RECONCILE_RUNNING_KEY, token, nx=True, ex=RECONCILE_RUNNING_TTL_S):
+        log.info("a reconcile is already running: this tick is skipped")
+        return 0
+    try:
+        queued = sum(enqueue_advance(address) for address in _orchestrator().reconcile())
+    finally:
+        if _redis().get(RECONCILE_RUNNING_KEY) == token.encode():
+            _redis().delete(RECONCILE_RUNNING_KEY)
     _redis().set(RECONCILE_HEARTBEAT_KEY, repr(time.time()))
     return queued
 
