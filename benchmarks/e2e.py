@@ -26,16 +26,16 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
+from eth_utils.abi import function_abi_to_4byte_selector
 
 from market.chain import MarketClient
-from market.services import ensure_redis
+from market.services import ROOT, ensure_redis
 from market.tx import read_tx_stats
 from market.types import Phase
 from tests.e2e.harness import (
@@ -57,21 +57,33 @@ from tests.e2e.harness import (
 REDIS_URL = os.environ.get("MARKET_E2E_BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 # (name, markets, contributions per market, worker processes)
 SCENARIOS = [("single", 1, 200, 1), ("concurrent", 20, 50, 2)]
+# Pool processes per worker process: each step waits for its block, so the number of
+# markets that can have a step in the same block is the total pool size; 10 per process
+# lets the 20 markets' ends, all due together, go out in the same block or two.
+CONCURRENCY = 10
 TEST_SIZE = 300
 PORTIONS = 5
 # Time to launch every market, see it drawn and publicly revealed, and send every
 # contribution, before earliestEnd: about 1.5 s per launch (one block each) plus margin.
 SETUP_S_PER_MARKET = 2
 SETUP_S = 30
-STEP_SELECTORS = {"draw", "revealPublic", "endMarket", "revealBatch", "processRewards"}
+STEP_SELECTORS = {
+    "draw",
+    "revealPublic",
+    "endMarket",
+    "revealBatch",
+    "prepareRewards",
+    "processRewards",
+}
 
 
 def _selectors(client: MarketClient) -> dict[str, str]:
     """4-byte selector (hex) → function name, from the market's ABI."""
-    out = {}
-    for fn in client.contract.all_functions():
-        out[fn.selector[2:] if fn.selector.startswith("0x") else fn.selector] = fn.fn_name
-    return out
+    return {
+        function_abi_to_4byte_selector(entry).hex(): str(entry["name"])
+        for entry in client.contract.abi
+        if entry["type"] == "function"
+    }
 
 
 def _block_time(env: E2E, number: int) -> int:
@@ -112,10 +124,11 @@ def run_scenario(name: str, markets: int, contributions: int, workers: int) -> d
     cache.flushdb()
     rng = random.Random(5)
     rule = hidden_rule(rng)
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        running(REDIS_URL, Path(tmp), workers=workers) as env,
-    ):
+    # Logs and the vault stay in var/ after the run, for a look at what the workers did.
+    work = ROOT / "var" / "bench-e2e" / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    with running(REDIS_URL, work, workers=workers, concurrency=CONCURRENCY) as env:
         earliest = SETUP_S + SETUP_S_PER_MARKET * markets + contributions * markets // 100
         started = time.monotonic()
         addresses = [
@@ -165,6 +178,7 @@ def run_scenario(name: str, markets: int, contributions: int, workers: int) -> d
             "markets": markets,
             "contributions_per_market": contributions,
             "worker_processes": workers,
+            "pool_per_process": CONCURRENCY,
             "block_time_s": BLOCK_TIME_S,
             "tx_gas_cap": cap,
             "reconcile_interval_s": RECONCILE_INTERVAL_S,
