@@ -82,10 +82,11 @@ def test_small_gas_budget_still_progresses(
     w3: Web3, factory: FactoryClient, accounts: list[LocalAccount], snapshot: None
 ) -> None:
     rng = random.Random(11)
-    spec = random_spec(rng, contributions=40, n=30, dim=16, flippers=0.5)
-    run = run_market(w3, factory, accounts, spec, gas_cap=1_500_000)
+    spec = random_spec(rng, contributions=150, n=30, dim=16, flippers=0.5)
+    run = run_market(w3, factory, accounts, spec, gas_cap=800_000)
     assert run.mirror is not None
     assert run.payouts == list(run.mirror.payouts)
-    assert max(gas for _, gas in run.steps) <= 1_500_000
-    # several reward transactions were needed, and each made progress
-    assert sum(1 for name, _ in run.steps if name in ("train", "rewards")) > 2
+    assert max(gas for _, gas in run.steps) <= 800_000
+    # several training and several round transactions were needed, and each made progress
+    names = [name for name, _ in run.steps]
+    assert names.count("train") > 2 and names.count("rewards") > 1
