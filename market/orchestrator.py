@@ -23,10 +23,10 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from market import status as status_cache
-from market.chain import FactoryClient, MarketClient
+from market.chain import FactoryClient, MarketClient, MarketParams
 from market.config import Settings, load_settings
 from market.errors import ChainError, MarketError, RpcUnavailable, VaultError
-from market.locks import market_lock
+from market.locks import Lease, market_lock
 from market.merkle import StandardMerkleTree
 from market.steps import Step, next_step
 from market.tx import TxSender
@@ -86,6 +86,7 @@ class Orchestrator:
         self.registry = Registry(self.cache, self.factory, settings.vault_dir)
         self._vault: Vault | None = None
         self._sender: TxSender | None = None
+        self._params_cache: dict[str, MarketParams] = {}
 
     @property
     def sender(self) -> TxSender:
@@ -102,9 +103,32 @@ class Orchestrator:
     # ------------------------------------------------------------------ reconcile
 
     def reconcile(self) -> list[str]:
-        """Refresh every unfinished market's status; the ones with a step due now."""
+        """Refresh every unfinished market's status, then list the ones with a step due now."""
+        self.refresh_statuses()
+        return self.due_markets()
+
+    def due_markets(self) -> list[str]:
+        """The markets with a step due now, from a few cheap reads of each.
+
+        Kept fast on purpose (about three RPC calls a market): the workers refresh the status
+        cache on its own schedule (:meth:`refresh_statuses`), so a due step is queued within a
+        reconcile interval however many markets there are.
+        """
         self.registry.sync()
         due: list[str] = []
+        for address in self.registry.active():
+            market = self.registry.client(address)
+            try:
+                if self._is_due(market):
+                    due.append(market.address)
+            except Exception as exc:  # one broken market must not stop the others
+                log.warning("market %s: due check failed: %s", address, exc)
+        return due
+
+    def refresh_statuses(self) -> int:
+        """Refresh the status cache of every unfinished market; how many were refreshed."""
+        self.registry.sync()
+        refreshed = 0
         for address in self.registry.active():
             market = self.registry.client(address)
             try:
@@ -114,13 +138,42 @@ class Orchestrator:
             except Exception as exc:  # one broken market must not stop the others
                 log.warning("market %s: status refresh failed: %s", address, exc)
                 continue
-            if current["final"] and self._provider_done(market):
+            refreshed += 1
+            if current["final"] and not self._provider_withdrawal_due(market):
                 self.registry.mark_finished(address)
-                continue
-            if self._is_due(market, current):
-                due.append(market.address)
         self._refresh_withdrawals()
-        return due
+        return refreshed
+
+    def _params(self, market: MarketClient) -> MarketParams:
+        """A market's launch parameters, which never change: read once per process."""
+        key = market.address.lower()
+        if key not in self._params_cache:
+            self._params_cache[key] = market.params()
+        return self._params_cache[key]
+
+    def _provider_withdrawal_due(self, market: MarketClient) -> bool:
+        info = market.info()
+        if info.provider.lower() != self.account.address.lower():
+            return False
+        return (
+            next_step(market, gas_cap=self.settings.tx_gas_cap, sender=self.account.address)
+            is not None
+        )
+
+    def _is_due(self, market: MarketClient) -> bool:
+        """Whether there is anything to send for the market now."""
+        phase = market.phase()
+        if phase in (Phase.REVEAL, Phase.REWARD):
+            return True
+        if phase == Phase.PARTICIPATION:
+            params = self._params(market)
+            count, _ = market.contribution_stats()
+            now = int(self.w3.eth.get_block("latest")["timestamp"])
+            return now >= params.earliest_end and count >= params.min_contributions
+        if phase == Phase.COMMITTED:
+            info = market.info()
+            return info.drawn or int(self.w3.eth.block_number) > info.draw_block
+        return self._provider_withdrawal_due(market)
 
     def _refresh_withdrawals(self) -> None:
         """Finished markets: keep withdrawals visible, at a slower pace, until all are done."""
@@ -140,29 +193,6 @@ class Orchestrator:
             if market.provider_withdrawn() and all(all(a["withdrawn"]) for a in accounts):
                 self.registry.mark_settled(address)
 
-    def _provider_done(self, market: MarketClient) -> bool:
-        info = market.info()
-        if info.provider.lower() != self.account.address.lower():
-            return True
-        return (
-            next_step(market, gas_cap=self.settings.tx_gas_cap, sender=self.account.address) is None
-        )
-
-    def _is_due(self, market: MarketClient, current: dict[str, Any]) -> bool:
-        """Cheap check from the fresh status: is there anything to send?"""
-        phase = Phase(current["phase_code"])
-        if phase == Phase.PARTICIPATION:
-            now = int(self.w3.eth.get_block("latest")["timestamp"])
-            return bool(
-                now >= current["earliest_end"]
-                and current["contributions"] >= current["params"]["min_contributions"]
-            )
-        if phase == Phase.COMMITTED:
-            return bool(current["drawn"]) or int(self.w3.eth.block_number) > int(
-                market.info().draw_block
-            )
-        return True
-
     # ------------------------------------------------------------------ advance
 
     def advance(self, address: str) -> AdvanceResult:
@@ -178,7 +208,7 @@ class Orchestrator:
                 step = self._plan(market, secrets)
                 if step is None:
                     break
-                self._send(market, step)
+                self._send(market, step, lease)
                 sent.append(step.name)
                 lease.extend()
                 if step.name in YIELD_AFTER:
@@ -201,10 +231,12 @@ class Orchestrator:
             status_cache.record_error(self.cache, market.address, "plan", exc)
             raise
 
-    def _send(self, market: MarketClient, step: Step) -> None:
+    def _send(self, market: MarketClient, step: Step, lease: Lease) -> None:
         log.info("market %s: %s %s", market.address, step.name, step.detail)
         try:
-            result = self.sender.transact(step.call, gas=step.gas)
+            # The lease is renewed while the transaction is pending: a step in flight is never
+            # taken over (and sent twice) by another worker because its receipt is slow.
+            result = self.sender.transact(step.call, gas=step.gas, waiting=lease.extend)
         except MarketError as exc:
             status_cache.record_error(self.cache, market.address, step.name, exc)
             raise
@@ -240,7 +272,12 @@ def _default() -> Orchestrator:
 
 def reconcile() -> Iterable[str]:
     """Markets with a step due now (the Celery ``market.reconcile`` task calls this)."""
-    return _default().reconcile()
+    return _default().due_markets()
+
+
+def refresh_statuses() -> int:
+    """Refresh the status cache (the Celery ``market.refresh_statuses`` task calls this)."""
+    return _default().refresh_statuses()
 
 
 def advance(address: str) -> tuple[int, bool]:

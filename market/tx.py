@@ -283,12 +283,25 @@ class TxSender:
 
     # ------------------------------------------------------------------------- public
 
-    def transact(self, fn: ContractFunction, *, value: int = 0, gas: int | None = None) -> TxResult:
-        """Send a call of a bound contract function and wait until it is confirmed."""
+    def transact(
+        self,
+        fn: ContractFunction,
+        *,
+        value: int = 0,
+        gas: int | None = None,
+        waiting: Callable[[], None] | None = None,
+    ) -> TxResult:
+        """Send a call of a bound contract function and wait until it is confirmed.
+
+        ``waiting`` is called on every poll while the transaction is pending (a lock holder
+        renews its lease there, so that nobody takes over a step that is still in flight).
+        """
         # web3's encoder for a bound call; the public build_transaction would also estimate
         # gas and fetch fees, which this class does itself, with retries and the cap.
         data = HexBytes(fn._encode_transaction_data())
-        return self.send(to=fn.address, data=bytes(data), value=value, gas=gas, what=fn.fn_name)
+        return self.send(
+            to=fn.address, data=bytes(data), value=value, gas=gas, what=fn.fn_name, waiting=waiting
+        )
 
     def send(
         self,
@@ -298,6 +311,7 @@ class TxSender:
         value: int = 0,
         gas: int | None = None,
         what: str = "transaction",
+        waiting: Callable[[], None] | None = None,
     ) -> TxResult:
         """Send raw call data (``to=None`` deploys) and wait until it is confirmed.
 
@@ -310,8 +324,8 @@ class TxSender:
         gas_limit = self._gas_limit(call, gas, what)
         tx = self._initial_fees(call | {"gas": gas_limit, "chainId": self.chain_id, "type": 2})
         sent = self._send_new(tx, what)
-        receipt, replaced = self._await_receipt(sent, what)
-        receipt = self._await_confirmations(receipt, sent, what)
+        receipt, replaced = self._await_receipt(sent, what, waiting)
+        receipt = self._await_confirmations(receipt, sent, what, waiting)
         if receipt["status"] != 1:
             self.stats.add("reverted")
             raise self._revert_error(call, receipt, gas_limit)
@@ -405,7 +419,9 @@ class TxSender:
             return False
         return True
 
-    def _await_receipt(self, sent: _Sent, what: str) -> tuple[TxReceipt, int]:
+    def _await_receipt(
+        self, sent: _Sent, what: str, waiting: Callable[[], None] | None = None
+    ) -> tuple[TxReceipt, int]:
         s = self.settings
         versions = [sent]
         start = time.monotonic()
@@ -423,6 +439,8 @@ class TxSender:
                 if replacement is not None:
                     versions.append(replacement)
                 replace_at = time.monotonic() + s.replace_after_s
+            if waiting is not None:
+                waiting()
             time.sleep(s.poll_interval_s)
 
     def _replace(self, sent: _Sent, what: str) -> _Sent | None:
@@ -461,7 +479,13 @@ class TxSender:
         except (TransactionNotFound, TimeExhausted):
             return None
 
-    def _await_confirmations(self, receipt: TxReceipt, sent: _Sent, what: str) -> TxReceipt:
+    def _await_confirmations(
+        self,
+        receipt: TxReceipt,
+        sent: _Sent,
+        what: str,
+        waiting: Callable[[], None] | None = None,
+    ) -> TxReceipt:
         s = self.settings
         deadline = time.monotonic() + s.receipt_timeout_s
         tx_hash = HexBytes(receipt["transactionHash"]).to_0x_hex()
@@ -475,9 +499,11 @@ class TxSender:
                 log.warning(
                     "%s %s left block %d: waiting again", what, tx_hash, receipt["blockNumber"]
                 )
-                receipt, _ = self._await_receipt(_Sent(sent.tx, tx_hash), what)
+                receipt, _ = self._await_receipt(_Sent(sent.tx, tx_hash), what, waiting)
             if time.monotonic() >= deadline:
                 raise TransactionTimeout(tx_hash, s.receipt_timeout_s)
+            if waiting is not None:
+                waiting()
             time.sleep(s.poll_interval_s)
 
     def _revert_error(self, call: dict[str, Any], receipt: TxReceipt, gas: int) -> ContractReverted:

@@ -115,7 +115,14 @@ class CeleryConfig:
                 "task": "market.reconcile",
                 "schedule": settings.reconcile_interval_s,
                 "options": {"expires": 5 * settings.reconcile_interval_s},
-            }
+            },
+            # Statuses are refreshed apart from the reconcile, which must stay quick; twice per
+            # staleness window keeps every poll's answer fresh.
+            "refresh-statuses": {
+                "task": "market.refresh_statuses",
+                "schedule": max(1.0, settings.status_staleness_s / 2),
+                "options": {"expires": settings.status_staleness_s},
+            },
         }
 
 

@@ -66,6 +66,10 @@ class Orchestrator(Protocol):
         """One bounded batch of the market's next step; ``(done, more)``."""
         ...
 
+    def refresh_statuses(self) -> int:
+        """Refresh the status cache of every unfinished market."""
+        ...
+
 
 def task(name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
     """Register a task on the app under a stable name (Celery is untyped: one place says so)."""
@@ -114,6 +118,12 @@ def reconcile() -> int:
             _redis().delete(RECONCILE_RUNNING_KEY)
     _redis().set(RECONCILE_HEARTBEAT_KEY, repr(time.time()))
     return queued
+
+
+@task("market.refresh_statuses")
+def refresh_statuses() -> int:
+    """Refresh the status cache the API serves; how many markets were refreshed."""
+    return int(_orchestrator().refresh_statuses())
 
 
 @task("market.advance")

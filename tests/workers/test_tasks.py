@@ -12,7 +12,13 @@ from workers.tasks import MAX_ADVANCE_INVOCATIONS, has_more
 def test_tasks_are_registered_under_stable_names() -> None:
     app.loader.import_default_modules()
     names = {name for name in app.tasks if name.startswith("market.")}
-    assert names == {"market.reconcile", "market.advance", "market.ping", "market.sleep_then_mark"}
+    assert names == {
+        "market.reconcile",
+        "market.refresh_statuses",
+        "market.advance",
+        "market.ping",
+        "market.sleep_then_mark",
+    }
 
 
 @dataclass
@@ -47,4 +53,5 @@ def test_celery_settings_are_the_documented_ones() -> None:
     assert config.broker_connection_retry_on_startup
     assert config.broker_transport_options["visibility_timeout"] == 900
     assert config.beat_schedule["reconcile"]["task"] == "market.reconcile"
+    assert config.beat_schedule["refresh-statuses"]["task"] == "market.refresh_statuses"
     assert app.conf.task_acks_late and app.conf.worker_prefetch_multiplier == 1
