@@ -46,9 +46,10 @@ from web3.logs import DISCARD
 
 from market.chain import FactoryClient, MarketClient
 from market.contracts import load_artifact
-from market.encoding import encode_reveal_items
+from market.encoding import encode_index, encode_reveal_items, encode_samples
 from market.merkle import StandardMerkleTree, test_sample_tree
 from market.steps import (
+    STAGE_PREPARE,
     STAGE_TRAIN,
     MarketView,
     next_step,
@@ -429,15 +430,24 @@ class MarketMachine(RuleBasedStateMachine):
     def process_rewards(self, who: int, gas: int | None, k: int, forged: bool) -> None:
         phase = self.market.phase()
         before = self.market.reward_status()
-        if phase == Phase.REWARD and before.stage == STAGE_TRAIN:
+        if phase == Phase.REWARD and before.stage == STAGE_PREPARE:
+            view = MarketView.load(self.market)
+            test = view.test_set()
+            weights = view.initial.weights_bytes()
+            if forged:
+                weights = bytes([weights[0] ^ 1]) + weights[1:]
+            call = self.market.prepare_rewards(
+                weights, encode_samples(test), encode_index(test, view.initial.dim)
+            )
+        elif phase == Phase.REWARD and before.stage == STAGE_TRAIN:
             view = MarketView.load(self.market)
             contributions = view.contributions()
             count = min(k, len(contributions) - before.trained)
             t = training_input(view.initial, view.test_set(), contributions, before.trained, count)
-            weights = t.weights
+            state = t.state
             if forged:
-                weights = bytes([weights[0] ^ 1]) + weights[1:]
-            call = self.market.process_rewards(weights, t.test_samples, t.contributions, count)
+                state = bytes([state[0] ^ 1]) + state[1:]
+            call = self.market.process_rewards(state, t.index, t.contributions, count)
         else:
             call = self.market.process_rewards()
             forged = False
