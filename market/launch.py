@@ -117,6 +117,42 @@ def validate_spec(spec: LaunchSpec) -> int:
     return max_features
 
 
+# Upper estimates of the two steps that cannot be split (docs/gas.md): the public reveal is
+# one multiproof, the preparation checks the whole test set's index at once.
+REVEAL_GAS_PER_SAMPLE = 12_000
+REVEAL_GAS_PER_FEATURE = 250
+PREPARE_GAS_FIXED = 300_000
+PREPARE_GAS_PER_ENTRY = 450
+PREPARE_GAS_PER_SAMPLE = 1_500
+
+
+def check_steps_fit(spec: LaunchSpec, max_features: int, gas_cap: int) -> None:
+    """Refuse a market whose public reveal or preparation could never fit one transaction."""
+    n = len(spec.test_set)
+    portion = -(-n // spec.portions)
+    widest = max((len(s.features) for s in spec.test_set), default=max_features)
+    reveal = 100_000 + portion * (REVEAL_GAS_PER_SAMPLE + REVEAL_GAS_PER_FEATURE * widest)
+    _check(
+        reveal <= gas_cap,
+        "portions",
+        f"the public portion ({portion} samples) needs about {reveal} gas in one transaction, "
+        f"above the gas cap {gas_cap}: use more portions",
+    )
+    entries = sum(len(s.features) for s in spec.test_set)
+    prepare = (
+        PREPARE_GAS_FIXED
+        + PREPARE_GAS_PER_ENTRY * entries
+        + PREPARE_GAS_PER_SAMPLE * n
+        + 16 * 8 * spec.dim  # the initial weights as calldata
+    )
+    _check(
+        prepare <= gas_cap,
+        "test_set",
+        f"checking the test set's index ({entries} features) needs about {prepare} gas in one "
+        f"transaction, above the gas cap {gas_cap}: use a smaller test set",
+    )
+
+
 def salted(test_set: Sequence[Sample]) -> list[TestSample]:
     """The test set with a fresh random 32-byte salt per sample."""
     return [TestSample(i, os.urandom(32), s.features, s.label) for i, s in enumerate(test_set)]
@@ -125,6 +161,7 @@ def salted(test_set: Sequence[Sample]) -> list[TestSample]:
 def launch_market(orchestrator: Orchestrator, spec: LaunchSpec) -> LaunchResult:
     """Validate, commit, vault, deploy through the factory, register; the new market."""
     max_features = validate_spec(spec)
+    check_steps_fit(spec, max_features, orchestrator.settings.tx_gas_cap)
     samples = salted(spec.test_set)
     secrets = MarketSecrets.create(samples)
     model = Perceptron(

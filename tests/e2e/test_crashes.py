@@ -30,12 +30,13 @@ from tests.e2e.proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 
-# A small cap makes many steps: with 500 test samples and 40 contributions, the reveal
-# takes 2-3 transactions and training several, so a kill lands between two of them. (Each
-# training call carries the whole test set: at this cap it must stay near 500 samples.)
-GAS_CAP = 1_500_000
+# A small cap makes many steps: with 500 test samples and 120 contributions, the reveal
+# takes 2-3 transactions and training several, so a kill lands between two of them. (The
+# one-off preparation checks the whole test set's index: at this cap it must stay near 500
+# samples.)
+GAS_CAP = 2_000_000
 TEST_SIZE = 500
-CONTRIBUTIONS = 40
+CONTRIBUTIONS = 120
 
 
 def open_market(env: E2E, rng: random.Random, *, contributions: int = CONTRIBUTIONS) -> str:
@@ -98,7 +99,7 @@ def test_worker_sigkilled_mid_reveal_and_mid_training(redis_url: str, tmp_path: 
         env.stack.restart_worker(env.stack.workers[0])
         # then the replacement finishes the market as if nothing happened
         assert_finished_cleanly(env, [address])
-        assert len(market.revealed_batches()) >= 3
+        assert len(market.revealed_batches()) >= 2
         assert len(market.scored()) >= 3
 
 
