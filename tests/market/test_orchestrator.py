@@ -153,3 +153,20 @@ def test_bad_launch_is_refused_before_sending(
     assert info.value.field == field
     assert field in str(info.value)
     assert w3.eth.get_transaction_count(orchestrator.account.address) == nonce
+
+
+def test_steps_that_cannot_be_split_must_fit_the_gas_cap() -> None:
+    from market.launch import check_steps_fit
+
+    samples = [Sample(tuple(range(0, 60, 2)), i % 2) for i in range(400)]
+    spec = LaunchSpec(test_set=samples, dim=64, bounty=1, min_stake=1, portions=2)
+    check_steps_fit(spec, 30, 15_000_000)
+    # half the test set in one public reveal does not fit 2M gas
+    with pytest.raises(InvalidParams) as info:
+        check_steps_fit(spec, 30, 2_000_000)
+    assert info.value.field == "portions"
+    # with small portions the reveal fits, but the one-off index check does not
+    small = LaunchSpec(test_set=samples, dim=64, bounty=1, min_stake=1, portions=100)
+    with pytest.raises(InvalidParams) as info:
+        check_steps_fit(small, 30, 2_000_000)
+    assert info.value.field == "test_set"
