@@ -32,16 +32,16 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from web3 import Web3
 
+from market import replay
 from market import status as status_cache
 from market.chain import MarketClient
 from market.config import Settings, load_settings
 from market.encoding import decode_sample
 from market.errors import MarketError
 from market.launch import LaunchSpec, deploy_factory, launch_market
-from market.model import Perceptron
 from market.orchestrator import Orchestrator
 from market.plot import plot_market
-from market.rewards import Contribution, RewardResult, compute_rewards
+from market.rewards import RewardResult
 from market.services import ANVIL_MNEMONIC, ROOT, start_anvil
 from market.simulate import (
     ETHER,
@@ -54,9 +54,8 @@ from market.simulate import (
     trace_of,
 )
 from market.stack import local_stack
-from market.steps import revealed_test_set
 from market.tx import TxSender
-from market.types import Address, Phase, Wei
+from market.types import Phase
 from market.vault import generate_vault_key
 
 Account.enable_unaudited_hdwallet_features()
@@ -373,31 +372,15 @@ class Demo:
 
     def _read(self, client: MarketClient, data: Any, w3: Web3) -> DemoOutcome:
         """Everything from the chain: contributions, A_i, payouts; cross-checked by the mirror."""
-        init = client.initialized()
-        params = init["params"]
-        initial = Perceptron.from_weights_bytes(
-            init["initial_weights"],
-            intercept=params.intercept,
-            learning_rate=params.learning_rate,
-            dim=params.dim,
-        )
+        initial = replay.initial_model(client)
         owner_of = {w.address.lower(): k for k, w in enumerate(self.wallets)}
         records = client.contributions()
         chain_plan = [
             PlannedContribution(owner_of[r.contributor.lower()], decode_sample(r.sample), r.deposit)
             for r in records
         ]
-        test = revealed_test_set(client.revealed_batches())
-        mirror = compute_rewards(
-            model=initial,
-            test=test,
-            contributions=[
-                Contribution(Address(r.contributor), Wei(r.deposit), decode_sample(r.sample))
-                for r in records
-            ],
-            bounty=int(init["bounty"]),
-            min_stake=params.min_stake,
-        )
+        test = replay.test_set(client)
+        mirror = replay.mirror(client)
         scored = chain_accuracies(client)
         payouts = [client.payout_of(r.id) for r in records]
         remainder = client.provider_remainder()

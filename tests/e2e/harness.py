@@ -22,18 +22,16 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from market import replay
 from market.chain import MarketClient
 from market.config import Settings
-from market.encoding import decode_reveal_items, decode_sample
+from market.encoding import decode_reveal_items
 from market.launch import LaunchSpec, deploy_factory, launch_market
-from market.model import Perceptron
 from market.orchestrator import Orchestrator
-from market.rewards import Contribution, compute_rewards
 from market.services import ANVIL_MNEMONIC, Anvil, start_anvil
 from market.stack import Stack, local_stack
-from market.steps import revealed_test_set
 from market.tx import TxSender
-from market.types import Address, Phase, Sample, Wei
+from market.types import Phase, Sample
 from market.vault import generate_vault_key
 
 T = TypeVar("T")
@@ -261,26 +259,7 @@ def contribute_all(
 
 def mirror_payouts(market: MarketClient) -> list[int]:
     """The mirror's payout per contribution, on the revealed test set in reveal order."""
-    init = market.initialized()
-    params = init["params"]
-    model = Perceptron.from_weights_bytes(
-        init["initial_weights"],
-        intercept=params.intercept,
-        learning_rate=params.learning_rate,
-        dim=params.dim,
-    )
-    contributions = [
-        Contribution(Address(r.contributor), Wei(r.deposit), decode_sample(r.sample))
-        for r in market.contributions()
-    ]
-    result = compute_rewards(
-        model=model,
-        test=revealed_test_set(market.revealed_batches()),
-        contributions=contributions,
-        bounty=int(init["bounty"]),
-        min_stake=params.min_stake,
-    )
-    return list(result.payouts)
+    return list(replay.mirror(market).payouts)
 
 
 def chain_payouts(market: MarketClient) -> list[int]:
