@@ -29,7 +29,7 @@ from market.errors import ChainError, MarketError, RpcUnavailable, VaultError
 from market.locks import Lease, market_lock
 from market.merkle import StandardMerkleTree
 from market.steps import Step, next_step
-from market.tx import TxSender
+from market.tx import TxSender, pending_to
 from market.types import Phase
 from market.vault import Vault
 
@@ -48,6 +48,11 @@ YIELD_AFTER = frozenset({"end"})
 # often keeps the API's "withdrawn" state current without an RPC burst every reconcile tick.
 WITHDRAWAL_REFRESH_S = 15.0
 WITHDRAWALS_REFRESHED_PREFIX = "market:withdrawals-refreshed:"
+# A step that another actor left in flight (its lease lost to a Redis flush or restart while
+# the transaction was pending) is waited for, a few blocks at most on a live chain; past this
+# the advance gives up for now and the market is queued again.
+INFLIGHT_WAIT_S = 60.0
+INFLIGHT_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,8 @@ class Orchestrator:
         sent: list[str] = []
         started = time.monotonic()
         with market_lock(self.cache, address, lease_s=self.settings.lock_lease_s) as lease:
+            if not self._await_inflight(market, lease):
+                return AdvanceResult(0, True)
             secrets = self._secrets(market)
             while len(sent) < MAX_STEPS_PER_ADVANCE:
                 if time.monotonic() - started > MAX_SECONDS_PER_ADVANCE:
@@ -216,6 +223,29 @@ class Orchestrator:
             more = len(sent) == MAX_STEPS_PER_ADVANCE or bool(sent and sent[-1] in YIELD_AFTER)
         status_cache.refresh(self.cache, market, confirmations=self.settings.confirmations)
         return AdvanceResult(len(sent), more, tuple(sent))
+
+    def _await_inflight(self, market: MarketClient, lease: Lease) -> bool:
+        """Wait until no transaction of ours to the market is pending; whether that happened.
+
+        The lock says nobody else is driving the market *now*, not that nobody was a moment
+        ago: a holder whose lease vanished (Redis flushed or restarted) may have left a step
+        in the pool, and planning from the chain before it is mined would send that step a
+        second time, to revert. The chain's own pool is the record that survives Redis.
+        """
+        deadline = time.monotonic() + INFLIGHT_WAIT_S
+        operator = self.account.address
+        while True:
+            inflight = pending_to(self.w3, operator, market.address)
+            if inflight is None:  # no txpool API: any pending transaction of the account
+                pending = self.w3.eth.get_transaction_count(operator, "pending")
+                inflight = pending - self.w3.eth.get_transaction_count(operator, "latest")
+            if inflight <= 0:
+                return True
+            if time.monotonic() > deadline:
+                log.warning("market %s: a transaction of ours is still pending", market.address)
+                return False
+            lease.extend()
+            time.sleep(INFLIGHT_POLL_S)
 
     def _plan(
         self, market: MarketClient, secrets: tuple[StandardMerkleTree, Any] | None
@@ -233,6 +263,9 @@ class Orchestrator:
 
     def _send(self, market: MarketClient, step: Step, lease: Lease) -> None:
         log.info("market %s: %s %s", market.address, step.name, step.detail)
+        # Still ours right before sending: a lease lost since the plan means someone else may
+        # be planning the same step (LockLost, and the market is tried again).
+        lease.extend()
         try:
             # The lease is renewed while the transaction is pending: a step in flight is never
             # taken over (and sent twice) by another worker because its receipt is slow.

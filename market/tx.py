@@ -45,7 +45,7 @@ from web3.exceptions import (
     TransactionNotFound,
     Web3RPCError,
 )
-from web3.types import TxParams, TxReceipt
+from web3.types import RPCEndpoint, TxParams, TxReceipt
 
 from market.config import (
     DEFAULT_CONFIRMATIONS,
@@ -196,6 +196,27 @@ def pending_count(w3: Web3) -> Callable[[str], int]:
     return lambda address: int(
         w3.eth.get_transaction_count(Web3.to_checksum_address(address), "pending")
     )
+
+
+def pending_to(w3: Web3, sender: str, to: str) -> int | None:
+    """How many of ``sender``'s transactions to ``to`` wait in the node's pool.
+
+    Read from ``txpool_content`` (geth, anvil, erigon, nethermind). Nodes without that method
+    (many hosted RPCs) give None, and then ``pending - latest`` transaction count of the sender,
+    a count over every destination, is the caller's best answer.
+    """
+    reply = w3.provider.make_request(RPCEndpoint("txpool_content"), [])
+    pool = reply.get("result")
+    if not isinstance(pool, dict):
+        return None
+    sender, to = sender.lower(), to.lower()
+    count = 0
+    for section in ("pending", "queued"):
+        for address, by_nonce in (pool.get(section) or {}).items():
+            if address.lower() != sender:
+                continue
+            count += sum(1 for tx in by_nonce.values() if str(tx.get("to") or "").lower() == to)
+    return count
 
 
 def is_transient(exc: BaseException) -> bool:

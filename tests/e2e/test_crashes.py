@@ -63,7 +63,7 @@ def assert_finished_cleanly(env: E2E, addresses: list[str], timeout_s: float = 9
     for address in addresses:
         wait_phase(env, address, {Phase.COLLECT}, timeout_s)
         market = env.client(address)
-        wait_for(market.provider_withdrawn, 30, "the provider's withdrawal")
+        wait_for(market.provider_withdrawn, 60, "the provider's withdrawal")
         payouts = chain_payouts(market)
         assert payouts == mirror_payouts(market)
         assert_no_step_twice(market)
