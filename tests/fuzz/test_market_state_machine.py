@@ -16,16 +16,20 @@ machine asserts it (accepted or refused, and the amount paid). After every step 
 - every accepted ``processRewards`` makes progress;
 - at COLLECT, the payouts equal ``market.rewards.compute_rewards`` on the revealed test set.
 
-The chain is reverted after every example. ``MARKET_FUZZ_EXAMPLES`` runs more examples.
+The chain is reverted after every example. ``MARKET_FUZZ_EXAMPLES`` runs more examples;
+``MARKET_FUZZ_TALLY`` names a JSON file that receives the tallies (examples run included), for
+``benchmarks/reliability.py``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pytest
@@ -63,6 +67,7 @@ from tests.contracts.chaintools import Reverted, error_selector, increase_time, 
 from tests.contracts.scenario import MarketSpec, launch, mirror_of, random_spec
 
 EXAMPLES = int(os.environ.get("MARKET_FUZZ_EXAMPLES", "25"))
+TALLY_PATH = os.environ.get("MARKET_FUZZ_TALLY")
 STEPS = 40
 # Launch clock: earliest end at +DURATION/2, latest end at +DURATION, each reveal window
 # DURATION long. Time moves below are chosen around these so that every deadline is crossed.
@@ -223,6 +228,7 @@ class MarketMachine(RuleBasedStateMachine):
         assert self.market.phase() in (Phase.REWARD, Phase.COLLECT)
 
     def teardown(self) -> None:
+        REACHED["example"] += 1
         self.w3.provider.make_request("evm_revert", [self.snap])  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ helpers
@@ -669,19 +675,23 @@ def test_market_state_machine(
 ) -> None:
     MarketMachine.env = Env(w3, factory, accounts)
     REACHED.clear()
-    run_state_machine_as_test(
-        MarketMachine,
-        settings=settings(
-            max_examples=EXAMPLES,
-            stateful_step_count=STEPS,
-            deadline=None,
-            derandomize=True,
-            # No shrinking: each step is a transaction, and shrinking a 40-step failure would
-            # take far longer than finding it. The failing sequence is printed as found.
-            phases=(Stage.explicit, Stage.generate),
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ),
-    )
+    try:
+        run_state_machine_as_test(
+            MarketMachine,
+            settings=settings(
+                max_examples=EXAMPLES,
+                stateful_step_count=STEPS,
+                deadline=None,
+                derandomize=True,
+                # No shrinking: each step is a transaction, and shrinking a 40-step failure
+                # would take far longer than finding it. The failing sequence is printed as found.
+                phases=(Stage.explicit, Stage.generate),
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            ),
+        )
+    finally:
+        if TALLY_PATH:
+            Path(TALLY_PATH).write_text(json.dumps(dict(REACHED)))
     print(dict(REACHED))
     # The run must have exercised the whole life of a market, not only its first phase.
     assert REACHED["collect checked against the mirror"] > 0
