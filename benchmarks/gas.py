@@ -190,7 +190,11 @@ def drive(chain: Chain, market: Market, *, until: Phase | None = None) -> None:
         if until is not None and client.phase() == until:
             return
         step = next_step(
-            client, gas_cap=GAS_CAP, secrets=(market.tree, market.test), sender=chain.accounts[0]
+            client,
+            gas_cap=GAS_CAP,
+            secrets=(market.tree, market.test),
+            sender=chain.accounts[0],
+            rounds_after_training=False,
         )
         if step is None:
             phase = client.phase()

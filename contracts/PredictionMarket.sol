@@ -194,25 +194,35 @@ contract PredictionMarket is IPredictionMarket, Initializable, ReentrancyGuardTr
     function draw() external {
         _requirePhase(Phase.Committed);
         if (_drawn) revert MarketAlreadyDrawn(_portion);
+        _draw();
+    }
+
+    /// @dev Draws the public portion from the hash of the draw block, or, when that hash is too
+    /// old to read, re-arms the draw at the next block (nobody could have known that hash
+    /// either) and returns false.
+    function _draw() private returns (bool) {
         uint256 drawBlock = _drawBlock;
         if (block.number <= drawBlock) revert MarketDrawNotReady(drawBlock, block.number);
         bytes32 seed = Blockhash.blockHash(drawBlock);
         if (seed == bytes32(0)) {
-            // Too old to read: nobody could have known the hash of the next block either.
             _drawBlock = uint64(block.number + 1);
             emit DrawRearmed(block.number + 1);
-            return;
+            return false;
         }
         uint32 portion = uint32(uint256(keccak256(abi.encode(seed, address(this)))) % _params.portions);
         _portion = portion;
         _drawn = true;
         emit PortionDrawn(portion);
+        return true;
     }
 
     /// @inheritdoc IPredictionMarket
+    /// @dev A reveal before the draw draws first, from the same block hash {draw} would read:
+    /// the portion is the same whoever draws, so the reveal saves a transaction and chooses
+    /// nothing. A reveal that does not match the drawn portion reverts, draw included.
     function revealPublic(bytes calldata items, bytes32[] calldata proof, bool[] calldata proofFlags) external {
         _requirePhase(Phase.Committed);
-        if (!_drawn) revert MarketDrawNotReady(_drawBlock, block.number);
+        if (!_drawn && !_draw()) revert MarketDrawNotReady(_drawBlock, block.number);
         (uint256 start, uint256 end) = _portionRange();
         (bytes32[] memory leaves, ) = _readRevealItems(items, start, end, true);
         if (leaves.length != end - start) revert MarketIncompletePortion(leaves.length, end - start);

@@ -26,6 +26,7 @@ from market.encoding import (
     encode_reveal_items,
     encode_samples,
     encode_state,
+    keccak256,
 )
 from market.errors import GasCapExceeded
 from market.merkle import StandardMerkleTree
@@ -39,6 +40,9 @@ STAGE_DONE = 5
 # Fraction of the gas cap a step aims for: estimates move a little between the estimate and
 # the block (state written by other transactions), so a step keeps 10% headroom.
 FILL = 0.97
+# ``blockhash`` reads the last 256 blocks; a public reveal that draws is planned only while the
+# draw block is well inside them (a transaction can wait a few blocks for inclusion).
+DRAW_HASH_HORIZON = 240
 
 
 @dataclass(frozen=True)
@@ -194,12 +198,14 @@ def next_step(
     secrets: tuple[StandardMerkleTree, Sequence[TestSample]] | None = None,
     sender: str | None = None,
     view: MarketView | None = None,
+    rounds_after_training: bool = True,
 ) -> Step | None:
     """The call that moves the market forward now, or ``None`` if nothing is due.
 
     ``secrets`` (the provider's tree and salted samples) are needed for the two reveals;
     without them those steps are not planned. ``sender`` is the account that will send,
-    used for gas estimation and for the provider's withdrawal.
+    used for gas estimation and for the provider's withdrawal. ``rounds_after_training=False``
+    keeps the rounds out of the last training step (to measure the two apart).
     """
     w3 = client.w3
     phase = client.phase()
@@ -210,21 +216,27 @@ def next_step(
         return int(call.estimate_gas({"from": sender} if sender else {}))
 
     if phase == Phase.COMMITTED:
+        portion = info.portion
         if not info.drawn:
             # Nodes estimate against the latest block, so wait until it is past the draw block.
-            if w3.eth.block_number > info.draw_block:
+            if w3.eth.block_number <= info.draw_block:
+                return None
+            # The provider's reveal draws by itself (one transaction instead of two); anyone
+            # else, or a draw block too old to read, goes through draw().
+            predicted = predicted_portion(client, info.draw_block) if secrets else None
+            if predicted is None:
                 return Step("draw", client.draw())
-            return None
+            portion = predicted
         if secrets is None:
             return None
         tree, samples = secrets
         params = client.params()
-        start, end = params.portion_range(info.portion)
+        start, end = params.portion_range(portion)
         batch = reveal_batch(tree, samples, range(start, end))
         return Step(
             "reveal_public",
             client.reveal_public(batch.items, batch.proof, batch.flags),
-            detail={"portion": info.portion, "samples": len(batch.indices)},
+            detail={"portion": portion, "samples": len(batch.indices), "draws": not info.drawn},
         )
 
     if phase == Phase.PARTICIPATION:
@@ -283,11 +295,20 @@ def next_step(
             k, call, gas = _largest_fitting(
                 build_train, len(contributions) - trained, estimate, budget
             )
+            limit = _with_margin(gas, gas_cap, "processRewards (training)")
+            # The call goes on with the rounds while gasleft() allows: the last training step
+            # gets the whole cap, so a small market's rounds and settlement need no more steps.
+            rounds = rounds_after_training and trained + k == len(contributions)
             return Step(
                 "train",
                 call,
-                gas=_with_margin(gas, gas_cap, "processRewards (training)"),
-                detail={"contributions": k, "trained": trained + k, "total": len(contributions)},
+                gas=gas_cap if rounds else limit,
+                detail={
+                    "contributions": k,
+                    "trained": trained + k,
+                    "total": len(contributions),
+                    "rounds": rounds,
+                },
             )
         # Rounds and settlement stop by themselves when gasleft() runs low: give them the cap.
         return Step(
@@ -303,6 +324,24 @@ def next_step(
     ):
         return Step("withdraw_provider", client.withdraw_provider())
     return None
+
+
+def predicted_portion(client: MarketClient, draw_block: int) -> int | None:
+    """The portion a draw in the next block picks, or None when the planner cannot know it.
+
+    The contract's rule (docs/protocol.md): ``keccak256(abi.encode(blockhash(drawBlock),
+    market)) % P``. None before the draw block is mined, and near the 256-block edge of
+    ``blockhash``: a reveal planned there could land after the hash is gone, where only
+    ``draw()`` (which re-arms) helps.
+    """
+    w3 = client.w3
+    latest = int(w3.eth.block_number)
+    if latest <= draw_block or latest + 1 - draw_block > DRAW_HASH_HORIZON:
+        return None
+    seed = bytes(w3.eth.get_block(draw_block)["hash"])
+    market = bytes.fromhex(client.address[2:])
+    digest = keccak256(seed + bytes(12) + market)
+    return int.from_bytes(digest, "big") % client.params().portions
 
 
 def _provider_amount(client: MarketClient, phase: Phase, info: Any) -> int:

@@ -45,7 +45,8 @@ interface IPredictionMarket {
     error MarketInvalidParams(string field);
     /// @dev The weights do not have `dim` entries or their hash does not match.
     error MarketInvalidWeights();
-    /// @dev The draw block is not mined yet.
+    /// @dev The draw block is not mined yet, or (from a public reveal) its hash was too old
+    /// to read: {draw} re-arms the draw then.
     error MarketDrawNotReady(uint256 drawBlock, uint256 current);
     /// @dev The public portion was already drawn.
     error MarketAlreadyDrawn(uint256 portion);
@@ -107,7 +108,9 @@ interface IPredictionMarket {
 
     // ----------------------------------------------------------------------------- calls
 
+    /// @notice Draws the public portion from the hash of the draw block (anyone, once it is mined).
     function draw() external;
+    /// @notice Reveals the drawn public portion (drawing it first if nobody has) and opens the market.
     function revealPublic(bytes calldata items, bytes32[] calldata proof, bool[] calldata proofFlags) external;
     function contribute(uint32[] calldata features, uint8 label) external payable;
     function endMarket() external;

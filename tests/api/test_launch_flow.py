@@ -164,7 +164,7 @@ async def test_csv_launch_then_polls_follow_the_market(
         assert final["phase"] == "COLLECT" and final["final"] is True
         assert final["reveal_progress_pct"] == 100.0 and final["reward_progress_pct"] == 100.0
         steps = {t["step"] for t in final["transactions"]}
-        assert {"draw", "reveal_public", "end", "reveal"} <= steps
+        assert {"reveal_public", "end", "reveal"} <= steps
         assert all(t["tx_hash"].startswith("0x") for t in final["transactions"])
 
         claimable = await _get(api, poll)

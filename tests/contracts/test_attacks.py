@@ -16,13 +16,20 @@ from eth_abi.abi import decode
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
+from web3.logs import DISCARD
 
 from market.chain import FactoryClient, MarketClient, MarketParams
 from market.contracts import load_artifact
 from market.encoding import encode_reveal_item, encode_reveal_items
 from market.merkle import StandardMerkleTree, process_proof, test_sample_tree
 from market.model import Perceptron
-from market.steps import next_step, reveal_batch, revealed_test_set, unrevealed_indices
+from market.steps import (
+    next_step,
+    predicted_portion,
+    reveal_batch,
+    revealed_test_set,
+    unrevealed_indices,
+)
 from market.types import Phase, Sample, TestSample
 from tests.contracts.chaintools import Reverted, expect_revert, increase_time, mine, send
 from tests.contracts.scenario import (
@@ -465,6 +472,48 @@ def test_a_forged_index_is_refused(
         client.reveal_batch(bytes(bad), proof.proof, proof.flags),
     ) == (0, "label")
     assert client.reveal_status()[0] == 0
+
+
+def test_a_public_reveal_before_the_draw_draws_the_same_portion(
+    w3: Web3, factory: FactoryClient, accounts: list[LocalAccount], snapshot: None
+) -> None:
+    spec = spec_of(23)
+    client = launch(w3, factory, accounts[0], spec)
+    params = client.params()
+    tree = test_sample_tree(spec.test)
+    # before the draw block is mined, a reveal cannot draw
+    first = reveal_batch(tree, spec.test, range(*params.portion_range(0)))
+    expect_revert(
+        "MarketDrawNotReady",
+        send,
+        w3,
+        accounts[0],
+        client.reveal_public(first.items, first.proof, first.flags),
+    )
+    mine(w3, 2)
+    # given the portion draw() picks
+    snap = w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    send(w3, accounts[5], client.draw())
+    drawn = client.info().portion
+    w3.provider.make_request("evm_revert", [snap])  # type: ignore[arg-type]
+    assert not client.info().drawn
+    assert predicted_portion(client, client.info().draw_block) == drawn
+    # when the provider reveals another portion without a draw, it is refused, draw included
+    other = (drawn + 1) % params.portions
+    wrong = reveal_batch(tree, spec.test, range(*params.portion_range(other)))
+    assert error_args(
+        "MarketInvalidRevealIndex",
+        w3,
+        accounts[0],
+        client.reveal_public(wrong.items, wrong.proof, wrong.flags),
+    ) == (wrong.indices[0],)
+    assert not client.info().drawn
+    # and revealing the portion the draw would pick draws it and opens the market
+    right = reveal_batch(tree, spec.test, range(*params.portion_range(drawn)))
+    receipt = send(w3, accounts[0], client.reveal_public(right.items, right.proof, right.flags))
+    [event] = client.contract.events.PortionDrawn().process_receipt(receipt, errors=DISCARD)
+    assert event["args"]["portion"] == drawn
+    assert client.info().drawn and client.phase() == Phase.PARTICIPATION
 
 
 def test_the_provider_cannot_reroll_or_pick_the_public_portion(

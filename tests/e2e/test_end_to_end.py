@@ -68,4 +68,4 @@ def test_workers_alone_drive_a_market_to_collect(redis_url: str, tmp_path: Path)
         )
         assert cached["phase"] == "COLLECT"
         steps = {t["step"] for t in cached["transactions"]}
-        assert {"draw", "reveal_public", "end", "reveal", "train", "rewards"} <= steps
+        assert {"reveal_public", "end", "reveal", "prepare", "train"} <= steps

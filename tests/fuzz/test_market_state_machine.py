@@ -57,6 +57,7 @@ from market.steps import (
     STAGE_TRAIN,
     MarketView,
     next_step,
+    predicted_portion,
     reveal_batch,
     revealed_test_set,
     training_input,
@@ -346,7 +347,9 @@ class MarketMachine(RuleBasedStateMachine):
     @call_rule("reveal_public")
     def reveal_public(self, who: int, kind: str) -> None:
         info = self.market.info()
-        portion = info.portion
+        # Before the draw the reveal draws by itself: it must reveal the portion to come.
+        predicted = None if info.drawn else predicted_portion(self.market, info.draw_block)
+        portion = info.portion if predicted is None else predicted
         parts = self.params.portions
         if kind == "wrong_portion":
             portion = (portion + 1) % parts
@@ -362,7 +365,10 @@ class MarketMachine(RuleBasedStateMachine):
         receipt, error = self._send(
             who, self.market.reveal_public(batch.items, batch.proof, batch.flags)
         )
-        ok = phase == Phase.COMMITTED and info.drawn and kind == "honest"
+        # The prediction reads the latest block; the reveal runs in the next one, where the
+        # same hash is read (the draw block is far from blockhash's 256-block edge here).
+        drawable = info.drawn or predicted is not None
+        ok = phase == Phase.COMMITTED and drawable and kind == "honest"
         self._expect(ok if certain else None, error, f"revealPublic {kind} in {phase.name}")
         if receipt is not None:
             self.public_revealed = True
