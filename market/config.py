@@ -41,6 +41,10 @@ class Settings:
     receipt_timeout_s: float = DEFAULT_RECEIPT_TIMEOUT_S
     status_staleness_s: float = DEFAULT_STATUS_STALENESS_S
     upload_limit_bytes: int = 20_000_000
+    # How long before an early end a worker takes the market and waits for the deadline's
+    # block (about one block time on a chain that makes blocks by itself); 0 waits for the
+    # reconcile to find the end due, as a chain that only mines on demand needs.
+    end_lookahead_s: float = 0.0
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -71,6 +75,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         "receipt_timeout_s": ("MARKET_RECEIPT_TIMEOUT_S", float),
         "status_staleness_s": ("MARKET_STATUS_STALENESS_S", float),
         "upload_limit_bytes": ("MARKET_UPLOAD_LIMIT_BYTES", int),
+        "end_lookahead_s": ("MARKET_END_LOOKAHEAD_S", float),
     }
     for attr, (name, kind) in numbers.items():
         if (value := get(name)) is not None:

@@ -53,6 +53,8 @@ WITHDRAWALS_REFRESHED_PREFIX = "market:withdrawals-refreshed:"
 # the advance gives up for now and the market is queued again.
 INFLIGHT_WAIT_S = 60.0
 INFLIGHT_POLL_S = 0.5
+# How often a waiting advance looks for the deadline's block: a small fraction of a block.
+BLOCK_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,8 @@ class Orchestrator:
             params = self._params(market)
             count, _ = market.contribution_stats()
             now = int(self.w3.eth.get_block("latest")["timestamp"])
-            return now >= params.earliest_end and count >= params.min_contributions
+            soon = now + self._lookahead_s() >= params.earliest_end
+            return soon and count >= params.min_contributions
         if phase == Phase.COMMITTED:
             info = market.info()
             return info.drawn or int(self.w3.eth.block_number) > info.draw_block
@@ -208,6 +211,7 @@ class Orchestrator:
         with market_lock(self.cache, address, lease_s=self.settings.lock_lease_s) as lease:
             if not self._await_inflight(market, lease):
                 return AdvanceResult(0, True)
+            self._await_end(market, lease)
             secrets = self._secrets(market)
             while len(sent) < MAX_STEPS_PER_ADVANCE:
                 if time.monotonic() - started > MAX_SECONDS_PER_ADVANCE:
@@ -246,6 +250,33 @@ class Orchestrator:
                 return False
             lease.extend()
             time.sleep(INFLIGHT_POLL_S)
+
+    def _lookahead_s(self) -> float:
+        """How early an end is taken: the setting plus one reconcile tick, or 0 when off."""
+        lookahead = self.settings.end_lookahead_s
+        return lookahead + self.settings.reconcile_interval_s if lookahead > 0 else 0.0
+
+    def _await_end(self, market: MarketClient, lease: Lease) -> None:
+        """When the market's early end is moments away, wait for the block that allows it.
+
+        ``endMarket`` is estimated against the latest block, so it can be sent once a block
+        at or past ``earliestEnd`` exists; waiting here (a second or two, lease renewed)
+        sends it in that very moment, and it lands in the next block instead of a reconcile
+        tick (or a busy queue) later. Any other state, or the lookahead off, returns at once.
+        """
+        lookahead = self._lookahead_s()
+        if lookahead <= 0 or market.phase() != Phase.PARTICIPATION:
+            return
+        params = self._params(market)
+        count, _ = market.contribution_stats()
+        if count < params.min_contributions:
+            return
+        deadline = time.monotonic() + 2 * lookahead
+        while int(self.w3.eth.get_block("latest")["timestamp"]) < params.earliest_end:
+            if time.monotonic() > deadline:
+                return
+            lease.extend()
+            time.sleep(BLOCK_POLL_S)
 
     def _plan(
         self, market: MarketClient, secrets: tuple[StandardMerkleTree, Any] | None

@@ -31,6 +31,9 @@ STATUS_PREFIX = "market:status:"
 CONTRIBUTORS_PREFIX = "market:contributors:"
 # Enough history to show what happened to a market without letting the key grow unbounded.
 MAX_TRANSACTIONS = 50
+# Contributions are read again from this many blocks before the last read: one that a short
+# reorg moved to a later block is still found (ids already seen are skipped).
+REREAD_BLOCKS = 8
 
 
 def status_key(address: str) -> str:
@@ -167,8 +170,13 @@ def _refresh_contributors(
     accounts: dict[str, Any] = data.get("accounts", {})
     seen = int(data.get("seen", 0))
     if seen == 0 or phase == Phase.PARTICIPATION or previous_phase == Phase.PARTICIPATION.name:
-        records = market.contributions()
-        for record in records[seen:]:
+        # Only the blocks since the last read (a few back, for a short reorg): a refresh of a
+        # busy market must not decode every contribution again each time.
+        last = data.get("seen_block")
+        start = None if last is None else max(market.created_block, last - REREAD_BLOCKS)
+        head = int(market.w3.eth.block_number)
+        records = [r for r in market.contributions(from_block=start) if r.id > seen]
+        for record in records:
             entry = accounts.setdefault(
                 record.contributor.lower(),
                 {"ids": [], "deposits": [], "payouts": None, "withdrawn": [], "projected": None},
@@ -176,7 +184,8 @@ def _refresh_contributors(
             entry["ids"].append(record.id)
             entry["deposits"].append(str(record.deposit))
             entry["withdrawn"].append(False)
-        seen = max(seen, len(records))
+        seen = max([seen, *(r.id for r in records)])
+        data["seen_block"] = head
     if phase in (Phase.REWARD, Phase.COLLECT) and not data.get("projected"):
         _project(market, accounts)
         data["projected"] = True

@@ -17,10 +17,11 @@ Task names are stable (``market.*``): they are what sits in Redis across deploym
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from typing import Any, Protocol, cast
 
@@ -51,6 +52,11 @@ RECONCILE_HEARTBEAT_KEY = "market:reconcile:last"
 # expires in case its holder was killed.
 RECONCILE_RUNNING_KEY = "market:reconcile:running"
 RECONCILE_RUNNING_TTL_S = 60
+# The same for status refreshes: measured with 20 markets, overlapping refreshes (one per
+# tick, each re-reading every market) kept eight pool processes busy at once, took a minute
+# each, and starved the reconciles and the steps of CPU; due ends then waited 150 s.
+REFRESH_RUNNING_KEY = "market:refresh:running"
+REFRESH_RUNNING_TTL_S = 300
 # Diagnostics answer in milliseconds; a minute means the worker is stuck.
 DIAGNOSTIC_TIME_LIMIT_S = 60
 
@@ -104,18 +110,32 @@ def enqueue_advance(address: str, invocation: int = 1) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def single_flight(key: str, ttl_s: int) -> Iterator[bool]:
+    """Whether this caller is the only one running the job named by ``key`` (else skip it).
+
+    The marker expires after ``ttl_s`` in case its holder was killed; it is deleted only by
+    the holder that set it.
+    """
+    token = repr(time.time())
+    if not _redis().set(key, token, nx=True, ex=ttl_s):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        if _redis().get(key) == token.encode():
+            _redis().delete(key)
+
+
 @task("market.reconcile")
 def reconcile() -> int:
     """Queue an ``advance`` for every market with a due step; how many were queued."""
-    token = repr(time.time())
-    if not _redis().set(RECONCILE_RUNNING_KEY, token, nx=True, ex=RECONCILE_RUNNING_TTL_S):
-        log.info("a reconcile is already running: this tick is skipped")
-        return 0
-    try:
+    with single_flight(RECONCILE_RUNNING_KEY, RECONCILE_RUNNING_TTL_S) as alone:
+        if not alone:
+            log.info("a reconcile is already running: this tick is skipped")
+            return 0
         queued = sum(enqueue_advance(address) for address in _orchestrator().reconcile())
-    finally:
-        if _redis().get(RECONCILE_RUNNING_KEY) == token.encode():
-            _redis().delete(RECONCILE_RUNNING_KEY)
     _redis().set(RECONCILE_HEARTBEAT_KEY, repr(time.time()))
     return queued
 
@@ -123,7 +143,11 @@ def reconcile() -> int:
 @task("market.refresh_statuses")
 def refresh_statuses() -> int:
     """Refresh the status cache the API serves; how many markets were refreshed."""
-    return int(_orchestrator().refresh_statuses())
+    with single_flight(REFRESH_RUNNING_KEY, REFRESH_RUNNING_TTL_S) as alone:
+        if not alone:
+            log.info("a status refresh is already running: this tick is skipped")
+            return 0
+        return int(_orchestrator().refresh_statuses())
 
 
 @task("market.advance")

@@ -142,6 +142,8 @@ def running(
             "MARKET_RECONCILE_INTERVAL_S": str(RECONCILE_INTERVAL_S),
             "MARKET_LOCK_LEASE_S": str(LOCK_LEASE_S),
             "MARKET_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S),
+            # The chain makes a block every BLOCK_TIME_S: ends are taken that early.
+            "MARKET_END_LOOKAHEAD_S": str(BLOCK_TIME_S),
             **(env or {}),
         }
         with local_stack(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from market.config import Settings
 from workers.celeryconf import CeleryConfig, app, time_limits_s, visibility_timeout_s
-from workers.tasks import MAX_ADVANCE_INVOCATIONS, has_more
+from workers.tasks import MAX_ADVANCE_INVOCATIONS, _redis, has_more, single_flight
 
 
 def test_tasks_are_registered_under_stable_names() -> None:
@@ -55,3 +56,16 @@ def test_celery_settings_are_the_documented_ones() -> None:
     assert config.beat_schedule["reconcile"]["task"] == "market.reconcile"
     assert config.beat_schedule["refresh-statuses"]["task"] == "market.refresh_statuses"
     assert app.conf.task_acks_late and app.conf.worker_prefetch_multiplier == 1
+
+
+def test_single_flight_lets_one_caller_run_and_frees_the_key_after() -> None:
+    key = f"market:test:single-flight:{uuid.uuid4().hex}"
+    with single_flight(key, 30) as first:
+        with single_flight(key, 30) as second:
+            # a second reconcile or status refresh while one runs is skipped
+            assert first and not second
+        assert first
+    # the holder's marker is gone once it is done, so the next tick runs
+    with single_flight(key, 30) as third:
+        assert third
+    assert not _redis().exists(key)
