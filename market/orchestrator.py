@@ -123,10 +123,12 @@ class Orchestrator:
         """
         self.registry.sync()
         due: list[str] = []
+        latest = self.w3.eth.get_block("latest")  # one clock for every market of the tick
+        head, now = int(latest["number"]), int(latest["timestamp"])
         for address in self.registry.active():
             market = self.registry.client(address)
             try:
-                if self._is_due(market):
+                if self._is_due(market, head, now):
                     due.append(market.address)
             except Exception as exc:  # one broken market must not stop the others
                 log.warning("market %s: due check failed: %s", address, exc)
@@ -167,20 +169,19 @@ class Orchestrator:
             is not None
         )
 
-    def _is_due(self, market: MarketClient) -> bool:
-        """Whether there is anything to send for the market now."""
+    def _is_due(self, market: MarketClient, head: int, now: int) -> bool:
+        """Whether there is anything to send for the market now (at block ``head``, ``now``)."""
         phase = market.phase()
         if phase in (Phase.REVEAL, Phase.REWARD):
             return True
         if phase == Phase.PARTICIPATION:
             params = self._params(market)
             count, _ = market.contribution_stats()
-            now = int(self.w3.eth.get_block("latest")["timestamp"])
             soon = now + self._lookahead_s() >= params.earliest_end
             return soon and count >= params.min_contributions
         if phase == Phase.COMMITTED:
             info = market.info()
-            return info.drawn or int(self.w3.eth.block_number) > info.draw_block
+            return info.drawn or head > info.draw_block
         return self._provider_withdrawal_due(market)
 
     def _refresh_withdrawals(self) -> None:
