@@ -22,10 +22,19 @@ at which a market produces transactions. Waiting for receipts happens outside th
 
 **Resynchronization with the chain.** Every reservation also reads the chain's ``pending``
 transaction count and takes the larger of the two, so a flushed Redis, a first use, or
-transactions sent from the same key by another tool are picked up. Redis may be *ahead* of
-the chain's pending count for a moment (a node behind a load balancer that has not seen our
-last transaction yet); after ``stale_after_s`` without a write it is trusted no more, because
-then the node has dropped those transactions and the gap would block the account.
+transactions sent from the same key by another tool are picked up.
+
+**Redis ahead of the chain.** The record can count transactions that the node does not: for a
+moment when the node lags (behind a load balancer, it has not seen our last transaction yet),
+for good when they are gone (dropped from the node's pool, or removed by a reorg after they
+were mined). The allocator never hands out a nonce above the node's pending count: such a
+transaction would wait behind a gap that nobody fills, blocking the account until its receipt
+times out, and each such send would write the record anew and so keep it "fresh" for ever
+(with a receipt timeout below ``stale_after_s``, the account never recovers). Worse, once
+the gap is filled at last, the queued transaction is mined after all, a stale duplicate of a
+step that was planned again meanwhile. So a reservation that finds Redis ahead waits, holding
+the lock, for the node to catch up; once the record is ``stale_after_s`` old it follows the
+chain instead: the node has lost those transactions, and the next sender reuses their nonces.
 """
 
 from __future__ import annotations
@@ -54,7 +63,11 @@ DEFAULT_NONCE_LEASE_S = 30.0
 DEFAULT_WAIT_S = 60.0
 # How long Redis may stay ahead of the node's pending count before it is considered stale:
 # longer than a load-balanced RPC's propagation lag (seconds), shorter than a receipt timeout.
+# It is also how long the account waits after the node lost transactions (a drop, a reorg).
 DEFAULT_STALE_AFTER_S = 30.0
+# How often a reservation that finds Redis ahead asks the node again: a lagging node catches
+# up within a block or two; a few cheap calls a second.
+AHEAD_POLL_S = 0.25
 
 # Move the account's counter up to ARGV[1] (never down) and stamp when it was written.
 _ADVANCE = """
@@ -83,7 +96,9 @@ class NonceSlot(Protocol):
 class NonceSource(Protocol):
     """Anything that hands out reserved nonces for an address."""
 
-    def reserve(self, address: str) -> contextlib.AbstractContextManager[NonceSlot]: ...
+    def reserve(
+        self, address: str, waiting: Callable[[], None] | None = None
+    ) -> contextlib.AbstractContextManager[NonceSlot]: ...
 
 
 def nonce_key(chain_id: int, address: str) -> str:
@@ -135,14 +150,20 @@ class NonceAllocator:
         self._advance: Callable[..., Any] = client.register_script(_ADVANCE)
 
     @contextlib.contextmanager
-    def reserve(self, address: str) -> Iterator[NonceSlot]:
-        """Hold the account's lock and yield its next nonce; advance it only if sent."""
+    def reserve(
+        self, address: str, waiting: Callable[[], None] | None = None
+    ) -> Iterator[NonceSlot]:
+        """Hold the account's lock and yield its next nonce; advance it only if sent.
+
+        ``waiting`` is called while the reservation waits for a node behind the record (see
+        the module docstring), as the sender calls it while a receipt is pending.
+        """
         key = nonce_key(self.chain_id, address)
         lease = acquire(
             self.client, lock_key(self.chain_id, address), lease_s=self.lease_s, wait_s=self.wait_s
         )
         try:
-            slot = _RedisSlot(self._next(key, address), lease)
+            slot = _RedisSlot(self._next(key, address, lease, waiting), lease)
             yield slot
             if slot.sent:
                 # Raise, never lower: if our lease ran out mid-send and another sender moved
@@ -156,7 +177,9 @@ class NonceAllocator:
         raw = self.client.hget(nonce_key(self.chain_id, address), "next")
         return None if raw is None else int(raw)
 
-    def _next(self, key: str, address: str) -> int:
+    def _next(
+        self, key: str, address: str, lease: Lease, waiting: Callable[[], None] | None
+    ) -> int:
         record = self.client.hmget(key, ["next", "at"])
         chain = self.pending_count(address)
         if record[0] is None:
@@ -166,17 +189,23 @@ class NonceAllocator:
         if chain > stored:
             log.warning("nonce for %s behind the chain (%d < %d): resynced", address, stored, chain)
             return chain
-        if stored > chain and time.time() - written_at > self.stale_after_s:
+        # Redis ahead: wait for a lagging node, never send behind a gap (module docstring).
+        while stored > chain and time.time() - written_at <= self.stale_after_s:
+            lease.extend()
+            if waiting is not None:
+                waiting()
+            time.sleep(AHEAD_POLL_S)
+            chain = self.pending_count(address)
+        if stored > chain:
             log.warning(
                 "nonce for %s ahead of the chain's pending count (%d > %d) for over %.0f s: "
-                "the node dropped those transactions, resynced",
+                "the node lost those transactions (dropped, or a reorg), resynced",
                 address,
                 stored,
                 chain,
                 self.stale_after_s,
             )
-            return chain
-        return stored
+        return chain
 
 
 class _LocalSlot:
@@ -204,7 +233,9 @@ class LocalNonces:
         self._next: dict[str, int] = {}
 
     @contextlib.contextmanager
-    def reserve(self, address: str) -> Iterator[NonceSlot]:
+    def reserve(
+        self, address: str, waiting: Callable[[], None] | None = None
+    ) -> Iterator[NonceSlot]:
         """Yield the account's next nonce under a thread lock; advance it only if sent."""
         with self._lock:
             slot = _LocalSlot(max(self.pending_count(address), self._next.get(address.lower(), 0)))

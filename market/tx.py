@@ -14,6 +14,8 @@ into a mined, confirmed transaction:
 - nonces come from a :class:`market.nonces.NonceSource`, held only for the send itself;
 - a transaction without a receipt after ``replace_after_s`` is re-sent with the same nonce and
   both EIP-1559 fees raised by ``fee_bump_percent``; the first of the versions to be mined wins;
+- a mined version that leaves the chain before its confirmations (a reorg) is broadcast again
+  at once, and every version is watched until one is confirmed;
 - a mined revert is replayed with ``eth_call`` at its block to recover the revert data, and
   raised as the typed exception of :func:`market.errors.decode_revert`;
 - RPC failures (connection refused, timeouts, HTTP 5xx/429) are retried with exponential
@@ -220,19 +222,13 @@ def pending_to(w3: Web3, sender: str, to: str) -> int | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether an RPC failure is worth retrying: no connection, a timeout, HTTP 5xx or 429.
-
-    An answer cut off mid-body (``ChunkedEncodingError``: the connection broke after the
-    headers) is the same failure as a reset, one moment later. Every call retried here is a
-    read or the re-broadcast of one signed transaction, so it is as safe to repeat.
-    """
+    """Whether an RPC failure is worth retrying: no connection, a timeout, HTTP 5xx or 429."""
     if isinstance(exc, requests.HTTPError):
         status = exc.response.status_code if exc.response is not None else 0
         return status >= 500 or status == 429
     return isinstance(
         exc,
         requests.ConnectionError
-        | requests.exceptions.ChunkedEncodingError
         | requests.Timeout
         | ProviderConnectionError
         | RequestTimedOut
@@ -320,8 +316,9 @@ class TxSender:
     ) -> TxResult:
         """Send a call of a bound contract function and wait until it is confirmed.
 
-        ``waiting`` is called on every poll while the transaction is pending (a lock holder
-        renews its lease there, so that nobody takes over a step that is still in flight).
+        ``waiting`` is called on every poll while the transaction is pending, and while its
+        nonce waits for a node behind the Redis record (a lock holder renews its lease there,
+        so that nobody takes over a step that is still in flight).
         """
         # web3's encoder for a bound call; the public build_transaction would also estimate
         # gas and fetch fees, which this class does itself, with retries and the cap.
@@ -350,9 +347,11 @@ class TxSender:
             call["to"] = Web3.to_checksum_address(to)
         gas_limit = self._gas_limit(call, gas, what)
         tx = self._initial_fees(call | {"gas": gas_limit, "chainId": self.chain_id, "type": 2})
-        sent = self._send_new(tx, what)
-        receipt, replaced = self._await_receipt(sent, what, waiting)
-        receipt = self._await_confirmations(receipt, sent, what, waiting)
+        sent = self._send_new(tx, what, waiting)
+        versions = [sent]
+        receipt = self._await_receipt(versions, what, waiting)
+        receipt = self._await_confirmations(receipt, versions, what, waiting)
+        replaced = len(versions) - 1
         if receipt["status"] != 1:
             self.stats.add("reverted")
             raise self._revert_error(call, receipt, gas_limit)
@@ -411,8 +410,10 @@ class TxSender:
         # priced out; only the actual base fee plus the tip is ever paid.
         return tx | {"maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base + tip}
 
-    def _send_new(self, tx: dict[str, Any], what: str) -> _Sent:
-        with self.nonces.reserve(self.address) as slot:
+    def _send_new(
+        self, tx: dict[str, Any], what: str, waiting: Callable[[], None] | None = None
+    ) -> _Sent:
+        with self.nonces.reserve(self.address, waiting) as slot:
             tx = tx | {"nonce": slot.nonce}
             tx_hash = self._broadcast(tx, keep_alive=slot.keep_alive)
             slot.mark_sent()
@@ -447,17 +448,17 @@ class TxSender:
         return True
 
     def _await_receipt(
-        self, sent: _Sent, what: str, waiting: Callable[[], None] | None = None
-    ) -> tuple[TxReceipt, int]:
+        self, versions: list[_Sent], what: str, waiting: Callable[[], None] | None = None
+    ) -> TxReceipt:
+        """The receipt of whichever version is mined first; replacements join ``versions``."""
         s = self.settings
-        versions = [sent]
         start = time.monotonic()
         replace_at = start + s.replace_after_s
         while True:
             for version in reversed(versions):
                 receipt = self._receipt(version.tx_hash)
                 if receipt is not None:
-                    return receipt, len(versions) - 1
+                    return receipt
             now = time.monotonic()
             if now - start >= s.receipt_timeout_s:
                 raise TransactionTimeout(versions[-1].tx_hash, s.receipt_timeout_s)
@@ -497,6 +498,19 @@ class TxSender:
         )
         return _Sent(replacement, tx_hash)
 
+    def _rebroadcast(self, versions: list[_Sent], tx_hash: str, what: str) -> None:
+        """Send the version ``tx_hash`` again, as it was signed (same nonce, fees, hash)."""
+        version = next((v for v in versions if v.tx_hash == tx_hash), None)
+        if version is None:  # not ours: nothing to send again
+            return
+        try:
+            self._broadcast(version.tx)
+        except Web3RPCError as exc:
+            # "nonce too low": another version is on the new branch, and the wait finds it.
+            log.warning("re-sending %s %s refused: %s", what, tx_hash, exc)
+            return
+        log.info("re-sent %s %s after it left the chain", what, tx_hash)
+
     def _receipt(self, tx_hash: str) -> TxReceipt | None:
         try:
             return self._rpc(
@@ -509,24 +523,37 @@ class TxSender:
     def _await_confirmations(
         self,
         receipt: TxReceipt,
-        sent: _Sent,
+        versions: list[_Sent],
         what: str,
         waiting: Callable[[], None] | None = None,
     ) -> TxReceipt:
+        """Wait until ``receipt``'s block is ``confirmations`` deep and still holds it.
+
+        A reorg may move the mined version to another block (counted from there) or take it
+        off the chain. Then it is broadcast again at once: a node that drops the transactions
+        of an abandoned branch instead of returning them to its pool (anvil's ``anvil_reorg``
+        does) would otherwise leave the step undone until a replacement ``replace_after_s``
+        later. Every version stays watched and the one that ends up mined is the one
+        counted: following only the first mined hash would time out when a replacement is
+        what the new branch holds.
+        """
         s = self.settings
         deadline = time.monotonic() + s.receipt_timeout_s
-        tx_hash = HexBytes(receipt["transactionHash"]).to_0x_hex()
         while True:
             head = self._rpc("eth_blockNumber", lambda: int(self.w3.eth.block_number))
             if head - int(receipt["blockNumber"]) + 1 >= s.confirmations:
                 # Re-read: a reorg may have moved or dropped it while we waited.
+                tx_hash = HexBytes(receipt["transactionHash"]).to_0x_hex()
                 again = self._receipt(tx_hash)
                 if again is not None and again["blockHash"] == receipt["blockHash"]:
                     return again
                 log.warning(
                     "%s %s left block %d: waiting again", what, tx_hash, receipt["blockNumber"]
                 )
-                receipt, _ = self._await_receipt(_Sent(sent.tx, tx_hash), what, waiting)
+                if again is None:
+                    self._rebroadcast(versions, tx_hash, what)
+                receipt = self._await_receipt(versions, what, waiting)
+                continue
             if time.monotonic() >= deadline:
                 raise TransactionTimeout(tx_hash, s.receipt_timeout_s)
             if waiting is not None:

@@ -253,6 +253,141 @@ def test_unmined_transaction_times_out_with_its_hash(
         rpc(w3, "evm_setAutomine", True)
 
 
+def test_a_transaction_that_leaves_the_chain_before_its_confirmations_is_sent_again(
+    w3: Web3, accounts: list[LocalAccount], redis_url: str, snapshot: None
+) -> None:
+    # given a sender waiting for two confirmations on a chain that mines on demand, and a
+    # replacement delay far beyond the test: only a re-broadcast can bring the transaction back
+    settings = TxSettings(
+        poll_interval_s=0.02, replace_after_s=600, receipt_timeout_s=30, confirmations=2
+    )
+    sender, counting = counting_sender(w3, accounts[13], redis_url, settings)
+    rpc(w3, "evm_setAutomine", False)
+    try:
+        thread, outcome = send_in_thread(sender, accounts[14].address)
+        (original,) = wait_for_pool(w3, accounts[13].address)
+        rpc(w3, "evm_mine")
+        mined_in = int(w3.eth.block_number)
+        assert counting.wait(10), "the sender did not see its receipt"
+        # when a reorg replaces its block by an empty one, the transaction is gone entirely
+        rpc(w3, "anvil_reorg", 1, [])
+        assert pool(w3, accounts[13].address) == []
+        rpc(w3, "evm_mine")  # the sender's second confirmation would be due now
+        # then the sender sends it again, as signed
+        assert wait_for_pool(w3, accounts[13].address) == [original]
+        rpc(w3, "evm_mine")
+        rpc(w3, "evm_mine")
+        thread.join(timeout=20)
+    finally:
+        rpc(w3, "evm_setAutomine", True)
+        thread.join(timeout=20)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.tx_hash == original
+    assert result.block_number > mined_in
+    assert result.replaced == 0
+    assert sender.stats.snapshot()["replaced"] == 0
+
+
+def test_the_version_a_reorg_leaves_on_chain_is_the_one_confirmed(
+    w3: Web3, accounts: list[LocalAccount], redis_url: str, snapshot: None
+) -> None:
+    # given a transaction that was replaced once, and the replacement mined
+    settings = TxSettings(
+        poll_interval_s=0.02,
+        replace_after_s=0.3,
+        max_replacements=1,
+        receipt_timeout_s=30,
+        confirmations=2,
+    )
+    sender, counting = counting_sender(w3, accounts[13], redis_url, settings)
+    signed: list[dict[str, Any]] = []
+    broadcast = sender._broadcast
+
+    def keep(tx: dict[str, Any], keep_alive: Any = None) -> str:
+        signed.append(tx)
+        return broadcast(tx, keep_alive=keep_alive)
+
+    sender._broadcast = keep  # type: ignore[method-assign]
+    rpc(w3, "evm_setAutomine", False)
+    try:
+        thread, outcome = send_in_thread(sender, accounts[14].address)
+        wait_until(lambda: sender.stats.snapshot()["replaced"] == 1)
+        (replacement,) = pool(w3, accounts[13].address)
+        rpc(w3, "evm_mine")
+        assert counting.wait(10), "the sender did not see its receipt"
+        # when a reorg's new branch holds the first version instead
+        first = accounts[13].sign_transaction(signed[0])  # type: ignore[arg-type]
+        rpc(w3, "anvil_reorg", 1, [[first.raw_transaction.to_0x_hex(), 0]])
+        rpc(w3, "evm_mine")
+        rpc(w3, "evm_mine")
+        thread.join(timeout=20)
+    finally:
+        rpc(w3, "evm_setAutomine", True)
+        thread.join(timeout=20)
+    # then the sender confirms that version, not the one it saw mined first
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    first_hash = first.hash.to_0x_hex()
+    assert first_hash != replacement
+    assert result.tx_hash == first_hash
+    assert w3.eth.get_transaction_receipt(first_hash)["status"] == 1  # type: ignore[arg-type]
+
+
+def counting_sender(
+    w3: Web3, account: LocalAccount, redis_url: str, settings: TxSettings
+) -> tuple[TxSender, threading.Event]:
+    """A sender, and an event set when it has a receipt and starts counting confirmations."""
+    sender = make_sender(w3, account, redis_url, settings)
+    counting = threading.Event()
+    await_confirmations = sender._await_confirmations
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        counting.set()
+        return await_confirmations(*args, **kwargs)
+
+    sender._await_confirmations = spy  # type: ignore[method-assign]
+    return sender, counting
+
+
+def send_in_thread(sender: TxSender, to: str) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            outcome["result"] = sender.send(to=to, value=1)
+        except Exception as exc:  # surfaced by the test's assertions
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread, outcome
+
+
+def pool(w3: Web3, address: str) -> list[str]:
+    """Hashes of the account's transactions in the node's pool."""
+    content = rpc(w3, "txpool_content")
+    return [
+        tx["hash"]
+        for part in ("pending", "queued")
+        for sender, txs in content[part].items()
+        if sender.lower() == address.lower()
+        for tx in txs.values()
+    ]
+
+
+def wait_until(condition: Any, timeout_s: float = 10) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return value
+
+
+def wait_for_pool(w3: Web3, address: str) -> list[str]:
+    return list(wait_until(lambda: pool(w3, address)))
+
+
 # ----------------------------------------------------------------------------- RPC outage
 
 
@@ -524,21 +659,66 @@ def test_resyncs_when_redis_is_flushed_or_the_chain_is_ahead(
     assert third.nonce == second.nonce + 2
 
 
-def test_redis_ahead_of_the_chain_is_trusted_only_while_fresh(
+def test_redis_ahead_of_the_chain_is_never_handed_out_and_followed_once_stale(
     w3: Web3, accounts: list[LocalAccount], redis_url: str
 ) -> None:
-    nonces = allocator(w3, redis_url)
+    client: Any = redis.Redis.from_url(redis_url)
+    nonces = NonceAllocator(client, w3.eth.chain_id, pending_count(w3), stale_after_s=1.0)
     address = accounts[4].address
     chain = int(w3.eth.get_transaction_count(address, "pending"))
     key = nonce_key(nonces.chain_id, address)
-    # a send a moment ago that the node does not show yet: trusted
-    nonces.client.hset(key, mapping={"next": chain + 2, "at": time.time()})
-    with nonces.reserve(address) as slot:
-        assert slot.nonce == chain + 2
-    # the same record, long past: the node dropped those transactions, follow the chain
-    nonces.client.hset(key, mapping={"next": chain + 2, "at": time.time() - 3600})
+    # a record two ahead, written a moment ago, that the node never catches up with (its
+    # transactions were dropped, or removed by a reorg): a nonce above the node's pending
+    # count would sit behind a gap, so the reservation waits until the record is stale
+    client.hset(key, mapping={"next": chain + 2, "at": time.time()})
+    renewals: list[float] = []
+    began = time.monotonic()
+    with nonces.reserve(address, waiting=lambda: renewals.append(time.monotonic())) as slot:
+        waited = time.monotonic() - began
+        assert slot.nonce == chain
+    assert 0.5 < waited < 20, waited
+    assert renewals  # the caller's lease is renewed meanwhile, as while a receipt is pending
+    # the same record, long past: followed at once
+    client.hset(key, mapping={"next": chain + 2, "at": time.time() - 3600})
+    began = time.monotonic()
     with nonces.reserve(address) as slot:
         assert slot.nonce == chain
+    assert time.monotonic() - began < 0.5
+
+
+def test_redis_ahead_of_a_lagging_node_is_used_once_the_node_catches_up(
+    w3: Web3, accounts: list[LocalAccount], redis_url: str, snapshot: None
+) -> None:
+    # given a record one ahead of the node (a send that the node has not seen yet)
+    nonces = allocator(w3, redis_url)
+    account = accounts[13]
+    chain = int(w3.eth.get_transaction_count(account.address, "pending"))
+    nonces.client.hset(
+        nonce_key(nonces.chain_id, account.address), mapping={"next": chain + 1, "at": time.time()}
+    )
+    signed = account.sign_transaction(
+        {
+            "to": accounts[14].address,
+            "value": 1,
+            "gas": 21_000,
+            "maxFeePerGas": 10 * 10**9,
+            "maxPriorityFeePerGas": 10**9,
+            "nonce": chain,
+            "chainId": w3.eth.chain_id,
+        }
+    )
+    # when the node sees that transaction a moment later
+    timer = threading.Timer(0.5, w3.eth.send_raw_transaction, (signed.raw_transaction,))
+    timer.start()
+    began = time.monotonic()
+    try:
+        with nonces.reserve(account.address) as slot:
+            waited = time.monotonic() - began
+    finally:
+        timer.join()
+    # then the reservation waited for it and gets the nonce after it, long before staleness
+    assert slot.nonce == chain + 1
+    assert 0.3 < waited < 20, waited
 
 
 def test_settings_refuse_a_bump_nodes_would_reject() -> None:
