@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
@@ -48,15 +50,25 @@ RECONCILE_HEARTBEAT_KEY = "market:reconcile:last"
 # One reconcile at a time: beat sends one every interval, and a reconcile over many markets
 # can take longer than that. Measured with 20 markets on 20 pool processes: overlapping
 # reconciles all re-read every market at once, each took 17 s (up to 60 s) instead of a
-# few, and due ends waited for them. A tick that finds one running is skipped; the marker
-# expires in case its holder was killed.
+# few, and due ends waited for them. A tick that finds one running is skipped.
 RECONCILE_RUNNING_KEY = "market:reconcile:running"
-RECONCILE_RUNNING_TTL_S = 60
 # The same for status refreshes: measured with 20 markets, overlapping refreshes (one per
 # tick, each re-reading every market) kept eight pool processes busy at once, took a minute
 # each, and starved the reconciles and the steps of CPU; due ends then waited 150 s.
 REFRESH_RUNNING_KEY = "market:refresh:running"
-REFRESH_RUNNING_TTL_S = 300
+# Both markers are leases that their holder renews while it runs (see single_flight), so
+# these only bound how long a holder killed mid-run blocks the next ticks, not how long a
+# run may take. With a fixed 300 s marker, a worker SIGKILLed mid-refresh froze every
+# market's status, withdrawals and settlement for five minutes.
+RECONCILE_RUNNING_TTL_S = 10
+REFRESH_RUNNING_TTL_S = 15
+# Renew only a marker that is still ours: another holder's (ours expired meanwhile) is left.
+_RENEW_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('expire', KEYS[1], ARGV[2])
+end
+return 0
+"""
 # Diagnostics answer in milliseconds; a minute means the worker is stuck.
 DIAGNOSTIC_TIME_LIMIT_S = 60
 
@@ -114,18 +126,36 @@ def enqueue_advance(address: str, invocation: int = 1) -> bool:
 def single_flight(key: str, ttl_s: int) -> Iterator[bool]:
     """Whether this caller is the only one running the job named by ``key`` (else skip it).
 
-    The marker expires after ``ttl_s`` in case its holder was killed; it is deleted only by
-    the holder that set it.
+    The marker is a lease of ``ttl_s``: a thread renews it every third of that while the job
+    runs, so a long run keeps it, and a holder killed mid-run (no ``finally`` runs) blocks
+    the job for ``ttl_s`` at most. It is deleted only by the holder that set it.
     """
-    token = repr(time.time())
+    token = secrets.token_hex(8)
     if not _redis().set(key, token, nx=True, ex=ttl_s):
         yield False
         return
+    done = threading.Event()
+    renewer = threading.Thread(
+        target=_renew_while_running, args=(key, token, ttl_s, done), daemon=True
+    )
+    renewer.start()
     try:
         yield True
     finally:
+        done.set()
+        renewer.join()
         if _redis().get(key) == token.encode():
             _redis().delete(key)
+
+
+def _renew_while_running(key: str, token: str, ttl_s: int, done: threading.Event) -> None:
+    while not done.wait(ttl_s / 3):
+        try:
+            if not _redis().eval(_RENEW_IF_OURS, 1, key, token, ttl_s):
+                log.warning("single-flight marker %s was lost (Redis flushed?)", key)
+                return
+        except redis.RedisError as exc:  # Redis away for a moment: try again next time
+            log.warning("could not renew single-flight marker %s: %s", key, exc)
 
 
 @task("market.reconcile")
