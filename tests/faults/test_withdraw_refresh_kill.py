@@ -86,7 +86,10 @@ def claims_of(env: E2E, addresses: list[str]) -> list[tuple[str, str, list[int]]
 
 def kill_mid_refresh(env: E2E) -> Proc:
     """Let a refresh of finished markets start, SIGKILL the worker during it, start another."""
-    keys = lambda: env.cache.keys(WITHDRAWALS_REFRESHED_PREFIX + "*")  # noqa: E731
+
+    def keys() -> list[Any]:
+        return list(env.cache.keys(WITHDRAWALS_REFRESHED_PREFIX + "*"))
+
     # The throttle keys are what a refresh claims first: without them, the next refresh
     # re-reads every finished market (they would expire after 15 s by themselves).
     for key in keys():
