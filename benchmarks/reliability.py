@@ -20,16 +20,18 @@ ends are spread over the soak, so that every step (draw, public reveal, end, rev
 reward steps, the provider's withdrawal) happens while a thread SIGKILLs a random worker
 (its whole process group, pool included) every ``KILL_EVERY_S`` seconds and starts a
 replacement, for ``SOAK_S`` seconds. Then the killing stops and every market must reach
-COLLECT and pay the provider. Per market, read from the chain:
+COLLECT and pay the provider; a market cancelled instead (its reveal window passed) is a
+failure, counted apart. Per finished market, read from the chain:
 
 - the payouts against the Python mirror (``market.replay``), the provider's remainder too;
 - conservation: ``bounty + deposits == Σ payouts + provider remainder``;
 - what the contract still holds == Σ payouts (nobody has withdrawn but the provider);
-- no test index revealed twice, no training range scored twice.
+- no test index revealed twice, no training range scored twice;
 
-``wei_lost`` adds up every difference in wei of those checks over the suites' and the soak's
-markets (the suites assert theirs exactly: a failed one shows in their counts); it must be 0.
-Reverted and replaced transactions are counted both on chain and by the senders
+and per cancelled market, what it holds == the refunds it owes (+ the bounty until the
+provider takes it back). ``wei_lost`` adds up every difference in wei of those checks; it
+must be 0. (The suites assert their amounts exactly: a loss there is a failed test in their
+counts.) Reverted and replaced transactions are counted both on chain and by the senders
 (``market.tx.read_tx_stats``).
 
 What bounds it: two cores shared by anvil, beat, the workers (each restart re-imports web3
@@ -62,6 +64,7 @@ from typing import Any
 import redis
 
 from market import replay
+from market.chain import MarketClient
 from market.services import ROOT, ensure_redis
 from market.tx import read_tx_stats
 from market.types import Phase
@@ -239,8 +242,9 @@ class Killer:
     restart_failures: list[str] = field(default_factory=list)
 
     def run(self) -> None:
-        while not self.stop.wait(self.rng.uniform(*KILL_EVERY_S)):
-            if time.monotonic() >= self.until:
+        while True:
+            pause = min(self.rng.uniform(*KILL_EVERY_S), self.until - time.monotonic())
+            if self.stop.wait(max(0.0, pause)) or time.monotonic() >= self.until:
                 break
             stack = self.env.stack
             victim = self.rng.choice(stack.workers)
@@ -277,7 +281,7 @@ def _launch_and_contribute(
     """Launch every market with its staggered end, and contribute to each once it opens."""
     rule = hidden_rule(rng)
     markets: list[SoakMarket] = []
-    failures: list[str] = []
+    not_open: list[str] = []
 
     def contribute_to_open() -> None:
         waiting = [m for m in markets if not m.contributed]
@@ -287,9 +291,7 @@ def _launch_and_contribute(
             late = time.monotonic() - m.launched > PARTICIPATION_TIMEOUT_S
             if phases[m.address] == Phase.CANCELLED or (m not in ready and late):
                 m.contributed = True  # given up on: reported, never contributed to
-                failures.append(
-                    f"{m.address}: not open after {time.monotonic() - m.launched:.0f} s"
-                )
+                not_open.append(m.address)
         orders = [
             (m.address, sample(rng, rule, flip=i % 4 == 3))
             for m in ready
@@ -319,26 +321,34 @@ def _launch_and_contribute(
     while any(not m.contributed for m in markets) and time.monotonic() < deadline:
         time.sleep(POLL_S)
         contribute_to_open()
-    return markets, failures
+    return markets, not_open
 
 
-def _wait_finished(env: E2E, markets: list[SoakMarket], deadline: float) -> set[str]:
-    """Wait until every market is in COLLECT with the provider paid (or cancelled, which is a
-    failure here); the ones that finished."""
+def _settled_cancel(client: MarketClient) -> bool:
+    """A cancelled market the service is done with: the provider took the bounty back, or
+    the public portion was revealed (then the bounty goes to the contributors' refunds)."""
+    return client.provider_withdrawn() or client.public_portion() is not None
+
+
+def _wait_finished(
+    env: E2E, markets: list[SoakMarket], deadline: float
+) -> tuple[set[str], set[str]]:
+    """Wait until every market is in COLLECT with the provider paid, or cancelled (a failure
+    here) and settled; the finished ones and the cancelled ones."""
     finished: set[str] = set()
     cancelled: set[str] = set()
     while True:
         for m in markets:
-            if m.address in finished:
+            if m.address in finished | cancelled:
                 continue
             client = env.client(m.address)
             phase = client.phase()
             if phase == Phase.COLLECT and client.provider_withdrawn():
                 finished.add(m.address)
-            elif phase == Phase.CANCELLED:
+            elif phase == Phase.CANCELLED and _settled_cancel(client):
                 cancelled.add(m.address)
         if len(finished | cancelled) == len(markets) or time.monotonic() > deadline:
-            return finished
+            return finished, cancelled
         time.sleep(POLL_S)
 
 
@@ -350,8 +360,9 @@ def _audit(env: E2E, address: str) -> dict[str, Any]:
     bounty = int(client.initialized()["bounty"])
     _, deposits = client.contribution_stats()
     remainder = client.provider_remainder()
-    payout_diff = sum(abs(a - b) for a, b in zip(payouts, mirror.payouts, strict=True))
-    payout_diff += abs(len(payouts) - len(mirror.payouts))  # never 0 wei for a missing one
+    # a payout missing on either side counts whole
+    n = max(len(payouts), len(mirror.payouts))
+    ours, theirs = [([*values] + [0] * n)[:n] for values in (payouts, mirror.payouts)]
     step_twice = ""
     try:
         assert_no_step_twice(client)
@@ -359,11 +370,27 @@ def _audit(env: E2E, address: str) -> dict[str, Any]:
         step_twice = str(exc)
     return {
         "address": address,
-        "payouts_vs_mirror_wei": payout_diff,
+        "payouts_vs_mirror_wei": sum(abs(a - b) for a, b in zip(ours, theirs, strict=True)),
         "remainder_vs_mirror_wei": abs(remainder - int(mirror.provider_remainder)),
         "conservation_wei": abs(bounty + deposits - sum(payouts) - remainder),
         "held_vs_owed_wei": abs(client.balance() - sum(payouts)),
         "step_twice": step_twice,
+    }
+
+
+def _audit_cancelled(env: E2E, address: str) -> dict[str, Any]:
+    """A cancelled market must still hold exactly the refunds it owes (nobody has withdrawn
+    but the provider), plus the bounty while the provider has not taken it back."""
+    client = env.client(address)
+    count, _ = client.contribution_stats()
+    owed = sum(client.refund_of(i) for i in range(1, count + 1))
+    public_revealed = client.public_portion() is not None
+    if not public_revealed and not client.provider_withdrawn():
+        owed += int(client.initialized()["bounty"])
+    return {
+        "address": address,
+        "held_vs_owed_wei": abs(client.balance() - owed),
+        "public_revealed": public_revealed,
     }
 
 
@@ -398,7 +425,7 @@ def run_soak() -> dict[str, Any]:
         thread = threading.Thread(target=killer.run, name="killer", daemon=True)
         thread.start()
         try:
-            markets, failures = _launch_and_contribute(
+            markets, not_open = _launch_and_contribute(
                 env, rng, t0, t0 + SOAK_S + PARTICIPATION_TIMEOUT_S
             )
             thread.join()  # the killing goes on for SOAK_S whatever the markets are doing
@@ -406,16 +433,19 @@ def run_soak() -> dict[str, Any]:
             killer.stop.set()
             thread.join()
         killing_s = killer.ended - t0
-        finished = _wait_finished(env, markets, time.monotonic() + FINISH_TIMEOUT_S)
+        finished, cancelled = _wait_finished(env, markets, time.monotonic() + FINISH_TIMEOUT_S)
         wall_s = time.monotonic() - t0
+        unfinished = {}
         for m in markets:
             if m.address not in finished:
                 client = env.client(m.address)
-                failures.append(
-                    f"{m.address}: {client.phase().name}, provider paid "
-                    f"{client.provider_withdrawn()}, {FINISH_TIMEOUT_S} s after the killing"
+                unfinished[m.address] = (
+                    f"{client.phase().name}, public portion revealed: "
+                    f"{client.public_portion() is not None}, provider withdrawn: "
+                    f"{client.provider_withdrawn()}"
                 )
         audits = [_audit(env, a) for a in sorted(finished)]
+        cancel_audits = [_audit_cancelled(env, a) for a in sorted(cancelled)]
         chain = _chain_figures(env)
         stats = read_tx_stats(env.cache)
     wei = ("payouts_vs_mirror_wei", "remainder_vs_mirror_wei", "conservation_wei")
@@ -424,8 +454,14 @@ def run_soak() -> dict[str, Any]:
         "markets": len(markets),
         "markets_finished": len(finished),
         "exact_payouts": sum(1 for a in audits if not any(a[k] for k in wei)),
-        "wei_lost": sum(a[k] for a in audits for k in (*wei, "held_vs_owed_wei")),
-        "wei_lost_by_check": {k: sum(a[k] for a in audits) for k in (*wei, "held_vs_owed_wei")},
+        "markets_cancelled": len(cancelled),
+        "cancelled_after_public_reveal": sum(1 for a in cancel_audits if a["public_revealed"]),
+        "wei_lost": sum(a[k] for a in audits for k in (*wei, "held_vs_owed_wei"))
+        + sum(a["held_vs_owed_wei"] for a in cancel_audits),
+        "wei_lost_by_check": {
+            **{k: sum(a[k] for a in audits) for k in (*wei, "held_vs_owed_wei")},
+            "cancelled_held_vs_owed_wei": sum(a["held_vs_owed_wei"] for a in cancel_audits),
+        },
         "steps_done_twice": [
             a["address"] + ": " + a["step_twice"] for a in audits if a["step_twice"]
         ],
@@ -438,7 +474,8 @@ def run_soak() -> dict[str, Any]:
         "restart_failures": killer.restart_failures,
         "killing_s": round(killing_s, 1),
         "wall_s": round(wall_s, 1),
-        "failures": failures,
+        "not_open_in_time": not_open,
+        "unfinished": unfinished,
         "reverted": stats["reverted"],
         "replaced": stats["replaced"],
         "tx_stats": stats,
