@@ -222,13 +222,19 @@ def pending_to(w3: Web3, sender: str, to: str) -> int | None:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether an RPC failure is worth retrying: no connection, a timeout, HTTP 5xx or 429."""
+    """Whether an RPC failure is worth retrying: no connection, a timeout, HTTP 5xx or 429.
+
+    An answer cut off mid-body (``ChunkedEncodingError``: the connection broke after the
+    headers) is the same failure as a reset, one moment later. Every call retried here is a
+    read or the re-broadcast of one signed transaction, so it is as safe to repeat.
+    """
     if isinstance(exc, requests.HTTPError):
         status = exc.response.status_code if exc.response is not None else 0
         return status >= 500 or status == 429
     return isinstance(
         exc,
         requests.ConnectionError
+        | requests.exceptions.ChunkedEncodingError
         | requests.Timeout
         | ProviderConnectionError
         | RequestTimedOut
