@@ -185,15 +185,19 @@ def launch_market(orchestrator: Orchestrator, spec: LaunchSpec) -> LaunchResult:
         latest_end=now + spec.latest_end_s,
         reveal_window=spec.reveal_window_s,
     )
+    # Secrets and metadata are written first, named by the root: a launch killed after the
+    # deployment leaves them where the workers look for an interrupted launch's files.
+    metadata = {**spec.metadata, "launched_at": now}
     orchestrator.vault.save_pending(secrets)
+    orchestrator.registry.save_pending_metadata(secrets.root, metadata)
     result = orchestrator.sender.transact(
         orchestrator.factory.create_market(params, model.weights_bytes()), value=spec.bounty
     )
     address = orchestrator.factory.market_from_receipt(result.receipt)
     orchestrator.vault.promote(secrets.root, address)
+    if not orchestrator.registry.promote_metadata(secrets.root, address):
+        orchestrator.registry.save_metadata(address, metadata)
     orchestrator.registry.add(address, result.block_number)
-    metadata = {**spec.metadata, "launched_at": now}
-    orchestrator.registry.save_metadata(address, metadata)
     refresh(orchestrator.cache, orchestrator.registry.client(address))
     return LaunchResult(address, secrets.root, result.tx_hash, result.block_number)
 

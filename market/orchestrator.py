@@ -320,14 +320,30 @@ class Orchestrator:
         if phase not in (Phase.COMMITTED, Phase.REVEAL):
             return None
         try:
-            if not self.vault.exists(market.address):
-                return None
             root = market.params().test_root
+            if not self.vault.exists(market.address) and not self._adopt_pending(market, root):
+                return None
             secrets = self.vault.load(market.address, expected_root=root)
         except VaultError as exc:
             status_cache.record_error(self.cache, market.address, "vault", exc)
             raise
         return StandardMerkleTree.load(dict(secrets.tree)), list(secrets.samples)
+
+    def _adopt_pending(self, market: MarketClient, root: bytes) -> bool:
+        """Finish a launch that died between its deployment and the vault's rename.
+
+        The secrets (and the public metadata) then sit under ``pending-<root>``. They are
+        taken for this market only if our operator is its provider: anyone may create a
+        market with our root, and revealing our test set on it would hand the test set out.
+        """
+        if not self.vault.pending_path(root).exists():
+            return False
+        if market.info().provider.lower() != self.account.address.lower():
+            return False
+        self.vault.promote(root, market.address)
+        self.registry.promote_metadata(root, market.address)
+        log.info("market %s: took over the vault file of an interrupted launch", market.address)
+        return True
 
 
 @cache

@@ -98,6 +98,31 @@ class Registry:
             path = self.metadata_dir / f"{Web3.to_checksum_address(address)}.meta.json"
             write_atomic(path, text.encode())
 
+    def save_pending_metadata(self, root: bytes, metadata: dict[str, Any]) -> None:
+        """Metadata of a market about to be deployed, named by its test root like the vault's
+        pending file: a launch killed after the deployment loses neither."""
+        if self.metadata_dir is not None:
+            self.metadata_dir.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(metadata, sort_keys=True)
+            write_atomic(self._pending_metadata_path(root), text.encode())
+
+    def promote_metadata(self, root: bytes, address: str) -> bool:
+        """Give the pending metadata of ``root`` to the deployed market; whether there was any."""
+        if self.metadata_dir is None:
+            return False
+        pending = self._pending_metadata_path(root)
+        try:
+            text = pending.read_text()
+        except FileNotFoundError:
+            return False
+        self.save_metadata(address, dict(json.loads(text)))
+        pending.unlink(missing_ok=True)
+        return True
+
+    def _pending_metadata_path(self, root: bytes) -> Path:
+        assert self.metadata_dir is not None
+        return self.metadata_dir / f"pending-{root.hex()}.meta.json"
+
     def metadata(self, address: str) -> dict[str, Any] | None:
         raw = self.cache.hget(self._key + ":metadata", address.lower())
         if raw is None and self.metadata_dir is not None:

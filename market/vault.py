@@ -157,7 +157,14 @@ class Vault:
             return final
         if not pending.exists():
             raise VaultError(f"no pending vault file for root 0x{root.hex()} in {self.directory}")
-        os.replace(pending, final)
+        try:
+            os.replace(pending, final)
+        except FileNotFoundError:
+            # Renamed meanwhile by another actor (the launch and a worker may both promote).
+            if not final.exists():
+                raise
+            self.load(address, expected_root=root)
+            return final
         _fsync_dir(self.directory)
         log.info("vault: %s is now %s", pending.name, final.name)
         return final

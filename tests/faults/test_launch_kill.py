@@ -7,10 +7,9 @@ goes through with the next nonce), or a market on chain whose secrets are in the
 the registry finds from ``MarketCreated`` and the workers drive to the end with the vault's
 test set. No vault file is ever left half-written.
 
-Known gap (see ``test_workers_recover_a_launch_killed_before_the_vault_rename``): between the
-deployment and the vault's rename to the market's address, the secrets exist only under
-their pending name, and the workers do not look there, so the market is not revealed unless
-an operator renames the file (``Vault.promote``), which the tests here do by hand.
+A launch killed between the deployment and the vault's rename leaves the secrets (and the
+public metadata) under their pending name: the workers take them over for a market whose
+provider is their operator, and open it by themselves.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from market import replay
-from market.errors import VaultError
 from market.services import ROOT
 from market.types import Phase
 from market.vault import PENDING_PREFIX, SUFFIX, Vault
@@ -183,19 +181,6 @@ def assert_vault_whole(env: E2E) -> Vault:
     return vault
 
 
-def promote_if_pending(env: E2E, vault: Vault, address: str) -> bool:
-    """The operator's recovery step for a launch killed before the rename; whether needed."""
-    market = env.client(address)
-    if vault.exists(address):
-        return False
-    assert market.info().provider.lower() == env.operator.address.lower()
-    try:
-        vault.promote(market.params().test_root, address)
-    except VaultError:
-        assert vault.exists(address)  # renamed by someone else meanwhile
-    return True
-
-
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("point", list(POINTS))
 def test_launch_killed_leaves_a_recoverable_state(
@@ -232,11 +217,12 @@ def test_launch_killed_leaves_a_recoverable_state(
         # and its secrets are in the vault, under the market's name or the pending one
         root = env.client(address).params().test_root
         assert root == created.test_root
-        renamed_by_hand = promote_if_pending(env, vault, address)
-        assert renamed_by_hand == (point in ("after-send", "before-promote"))
-        secrets = vault.load(address, expected_root=root)
-        # and the workers drive it to the end with the vault's test set
+        pending = vault.pending_path(root).exists()
+        assert pending == (point in ("after-send", "before-promote"))
+        # and the workers take over the interrupted launch's files and open the market
         wait_phase(env, address, {Phase.PARTICIPATION}, 60)
+        assert not vault.pending_path(root).exists()
+        secrets = vault.load(address, expected_root=root)
         market = env.client(address)
         contribute_all(
             env,
@@ -247,18 +233,12 @@ def test_launch_killed_leaves_a_recoverable_state(
         assert set(revealed) <= set(secrets.samples)
         assert len(revealed) == TEST_SIZE - TEST_SIZE // PORTIONS
         assert_no_conflicting_transactions(env)
-        # the public metadata written after registration is lost with the killed process
-        assert registry.metadata(address) is None
+        # and the public metadata, written before the deployment, is the market's
+        metadata = registry.metadata(address)
+        assert metadata is not None and "launched_at" in metadata
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the workers load a market's secrets only under its address: a launch killed "
-    "between the deployment and Vault.promote leaves them under pending-<root>.vault, and "
-    "nothing renames it (Orchestrator._secrets would have to, for the operator's own markets)",
-)
 def test_workers_recover_a_launch_killed_before_the_vault_rename(
     stack_redis_url: str, tmp_path: Path
 ) -> None:
