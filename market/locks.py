@@ -28,6 +28,9 @@ KEY_PREFIX = "market:lock:"
 # How long a waiting acquirer sleeps between attempts: short against a lease of minutes,
 # long enough not to hammer Redis when several workers wait on one market.
 RETRY_INTERVAL_S = 0.05
+# How often a waiting acquirer calls its ``waiting`` hook: often against any lease, rarely
+# against Redis.
+WAITING_CALL_S = 0.5
 
 # Set the key to a new expiry only while it holds our token (else 0: the lease was lost).
 _EXTEND = """
@@ -111,16 +114,26 @@ def acquire(
     *,
     lease_s: float = DEFAULT_LEASE_S,
     wait_s: float = 0.0,
+    waiting: Callable[[], None] | None = None,
 ) -> Lease:
-    """Take the lock, waiting up to ``wait_s``; :class:`LockNotAcquired` when it stays held."""
+    """Take the lock, waiting up to ``wait_s``; :class:`LockNotAcquired` when it stays held.
+
+    ``waiting`` is called between attempts (at most every ``WAITING_CALL_S``): a caller that
+    holds another lease renews it there, and learns there (it raises) that it lost it.
+    """
     start = time.monotonic()
+    called = start
     while True:
         lease = try_acquire(client, key, lease_s=lease_s)
         if lease is not None:
             return lease
-        waited = time.monotonic() - start
+        now = time.monotonic()
+        waited = now - start
         if waited >= wait_s:
             raise LockNotAcquired(key, waited)
+        if waiting is not None and now - called >= WAITING_CALL_S:
+            waiting()
+            called = now
         time.sleep(min(RETRY_INTERVAL_S, wait_s - waited))
 
 

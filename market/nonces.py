@@ -159,10 +159,20 @@ class NonceAllocator:
         the module docstring), as the sender calls it while a receipt is pending.
         """
         key = nonce_key(self.chain_id, address)
+        # The wait for the account's lock can be long (a holder that was killed keeps it for
+        # its lease): ``waiting`` renews the caller's own lease meanwhile, and is called once
+        # more with the lock held, so that a caller whose lease was lost while it queued
+        # (another worker took its market and may be sending the same step) stops here.
         lease = acquire(
-            self.client, lock_key(self.chain_id, address), lease_s=self.lease_s, wait_s=self.wait_s
+            self.client,
+            lock_key(self.chain_id, address),
+            lease_s=self.lease_s,
+            wait_s=self.wait_s,
+            waiting=waiting,
         )
         try:
+            if waiting is not None:
+                waiting()
             slot = _RedisSlot(self._next(key, address, lease, waiting), lease)
             yield slot
             if slot.sent:

@@ -159,3 +159,23 @@ def test_context_manager_refuses_a_held_lock_and_releases_its_own(
 def test_lease_must_be_positive(client: redis.Redis) -> None:
     with pytest.raises(ValueError, match="lease_s"):
         acquire(client, lock_key(MARKET), lease_s=0)
+
+
+def test_a_waiting_acquirer_renews_its_other_lease_and_stops_when_it_is_lost(
+    client: redis.Redis,
+) -> None:
+    # given an account lock held by a worker that was killed (it stays until its lease ends)
+    held = try_acquire(client, "market:nonce-lock:test", lease_s=30)
+    assert held is not None
+    # and a market lease of ours that is shorter than the wait
+    ours = try_acquire(client, lock_key("0xmarket"), lease_s=1)
+    assert ours is not None
+    # when we queue for the account lock, our market lease is renewed while we wait
+    with pytest.raises(LockNotAcquired):
+        acquire(client, "market:nonce-lock:test", wait_s=2.5, waiting=ours.extend)
+    assert ours.held()
+    # and when another worker takes the market meanwhile, the wait ends with LockLost
+    client.set(lock_key("0xmarket"), "someone else")
+    with pytest.raises(LockLost):
+        acquire(client, "market:nonce-lock:test", wait_s=5, waiting=ours.extend)
+    held.release()
