@@ -125,14 +125,37 @@ class Orchestrator:
         due: list[str] = []
         latest = self.w3.eth.get_block("latest")  # one clock for every market of the tick
         head, now = int(latest["number"]), int(latest["timestamp"])
-        for address in self.registry.active():
-            market = self.registry.client(address)
+        markets = [self.registry.client(address) for address in self.registry.active()]
+        for market, reads in zip(markets, self._phases_and_counts(markets), strict=True):
             try:
-                if self._is_due(market, head, now):
+                if self._is_due(market, head, now, reads):
                     due.append(market.address)
             except Exception as exc:  # one broken market must not stop the others
-                log.warning("market %s: due check failed: %s", address, exc)
+                log.warning("market %s: due check failed: %s", market.address, exc)
         return due
+
+    def _phases_and_counts(self, markets: list[MarketClient]) -> list[tuple[Phase, int] | None]:
+        """Every market's phase and contribution count, in one JSON-RPC batch.
+
+        Two calls a market in one round trip: with twenty markets on a busy machine, one call
+        at a time made a reconcile take seconds, and due ends waited for it. None for every
+        market when the batch fails (a node without batches): each is then read on its own.
+        """
+        if not markets:
+            return []
+        try:
+            with self.w3.batch_requests() as batch:
+                for market in markets:
+                    batch.add(market.contract.functions.phase())
+                    batch.add(market.contract.functions.contributionStats())
+                results: list[Any] = list(batch.execute())
+            return [
+                (Phase(int(results[2 * i])), int(results[2 * i + 1][0]))
+                for i in range(len(markets))
+            ]
+        except Exception as exc:
+            log.info("batched due check failed (%s): reading markets one by one", exc)
+            return [None] * len(markets)
 
     def refresh_statuses(self) -> int:
         """Refresh the status cache of every unfinished market; how many were refreshed."""
@@ -169,14 +192,19 @@ class Orchestrator:
             is not None
         )
 
-    def _is_due(self, market: MarketClient, head: int, now: int) -> bool:
-        """Whether there is anything to send for the market now (at block ``head``, ``now``)."""
-        phase = market.phase()
+    def _is_due(
+        self, market: MarketClient, head: int, now: int, reads: tuple[Phase, int] | None = None
+    ) -> bool:
+        """Whether there is anything to send for the market now (at block ``head``, ``now``).
+
+        ``reads`` are its phase and contribution count when already read (in a batch).
+        """
+        phase = market.phase() if reads is None else reads[0]
         if phase in (Phase.REVEAL, Phase.REWARD):
             return True
         if phase == Phase.PARTICIPATION:
             params = self._params(market)
-            count, _ = market.contribution_stats()
+            count = market.contribution_stats()[0] if reads is None else reads[1]
             soon = now + self._lookahead_s() >= params.earliest_end
             return soon and count >= params.min_contributions
         if phase == Phase.COMMITTED:

@@ -83,6 +83,8 @@ def test_launch_then_orchestrate_to_collect(
         account = accounts[1 + i % 4]
         sample = _sample(rng, dim, rule, flip=(i % 4 == 3))
         send(w3, account, market.contribute(sample.features, sample.label), value=10**16)
+    # the due check reads every market's phase and count in one batch, as the chain has them
+    assert orchestrator._phases_and_counts([market]) == [(Phase.PARTICIPATION, 20)]
     _drive(w3, orchestrator)
     assert market.phase() == Phase.COLLECT
     test = revealed_test_set(market.revealed_batches())
