@@ -202,6 +202,7 @@ def run_suites() -> dict[str, Any]:
         if not junit.exists():
             raise RuntimeError(f"pytest wrote no report:\n{done.stdout[-3000:]}{done.stderr}")
         cases = _count_cases(junit)
+        slowest = _slowest(junit)
         fuzz = _read_json(fuzz_tally)
         api = _read_json(api_tally)
     faults, attacks = cases["faults"], cases["attacks"]
@@ -222,7 +223,19 @@ def run_suites() -> dict[str, Any]:
             if line.startswith(("FAILED", "ERROR", "XFAIL", "XPASS")) or PYTEST_TOTALS.match(line)
         ][-20:],
         "wall_s": round(wall_s, 1),
+        # where the suites' time goes (they run in ./run tests too, which must stay short)
+        "slowest_s": slowest,
     }
+
+
+def _slowest(junit: Path, count: int = 12) -> dict[str, float]:
+    """The ``count`` longest test cases of a JUnit XML report, in seconds."""
+    cases = [
+        (f"{case.get('classname', '')}::{case.get('name', '')}", float(case.get("time", 0)))
+        for case in ElementTree.parse(junit).getroot().iter("testcase")
+    ]
+    cases.sort(key=lambda c: -c[1])
+    return {name: round(seconds, 1) for name, seconds in cases[:count]}
 
 
 # ---------------------------------------------------------------------------- soak
