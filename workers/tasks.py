@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +29,7 @@ from typing import Any, Protocol, cast
 import redis
 
 from market.errors import LockNotAcquired
-from market.locks import LockLost
+from market.locks import Lease, LockLost, try_acquire
 from workers.celeryconf import app
 
 log = logging.getLogger(__name__)
@@ -62,13 +61,6 @@ REFRESH_RUNNING_KEY = "market:refresh:running"
 # market's status, withdrawals and settlement for five minutes.
 RECONCILE_RUNNING_TTL_S = 10
 REFRESH_RUNNING_TTL_S = 15
-# Renew only a marker that is still ours: another holder's (ours expired meanwhile) is left.
-_RENEW_IF_OURS = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-    return redis.call('expire', KEYS[1], ARGV[2])
-end
-return 0
-"""
 # Diagnostics answer in milliseconds; a minute means the worker is stuck.
 DIAGNOSTIC_TIME_LIMIT_S = 60
 
@@ -126,36 +118,34 @@ def enqueue_advance(address: str, invocation: int = 1) -> bool:
 def single_flight(key: str, ttl_s: int) -> Iterator[bool]:
     """Whether this caller is the only one running the job named by ``key`` (else skip it).
 
-    The marker is a lease of ``ttl_s``: a thread renews it every third of that while the job
-    runs, so a long run keeps it, and a holder killed mid-run (no ``finally`` runs) blocks
-    the job for ``ttl_s`` at most. It is deleted only by the holder that set it.
+    The marker is a lease of ``ttl_s`` (:mod:`market.locks`): a thread renews it every third
+    of that while the job runs, so a long run keeps it, and a holder killed mid-run (no
+    ``finally`` runs) blocks the job for ``ttl_s`` at most. Only its holder releases it.
     """
-    token = secrets.token_hex(8)
-    if not _redis().set(key, token, nx=True, ex=ttl_s):
+    lease = try_acquire(_redis(), key, lease_s=ttl_s)
+    if lease is None:
         yield False
         return
     done = threading.Event()
-    renewer = threading.Thread(
-        target=_renew_while_running, args=(key, token, ttl_s, done), daemon=True
-    )
+    renewer = threading.Thread(target=_renew_while_running, args=(lease, done), daemon=True)
     renewer.start()
     try:
         yield True
     finally:
         done.set()
         renewer.join()
-        if _redis().get(key) == token.encode():
-            _redis().delete(key)
+        lease.release()
 
 
-def _renew_while_running(key: str, token: str, ttl_s: int, done: threading.Event) -> None:
-    while not done.wait(ttl_s / 3):
+def _renew_while_running(lease: Lease, done: threading.Event) -> None:
+    while not done.wait(lease.lease_s / 3):
         try:
-            if not _redis().eval(_RENEW_IF_OURS, 1, key, token, ttl_s):
-                log.warning("single-flight marker %s was lost (Redis flushed?)", key)
-                return
+            lease.extend()
+        except LockLost:
+            log.warning("single-flight marker %s was lost (Redis flushed?)", lease.key)
+            return
         except redis.RedisError as exc:  # Redis away for a moment: try again next time
-            log.warning("could not renew single-flight marker %s: %s", key, exc)
+            log.warning("could not renew single-flight marker %s: %s", lease.key, exc)
 
 
 @task("market.reconcile")
