@@ -52,7 +52,9 @@ STAKE = 10**16
 BOUNTY = 10**18
 
 
-def wait_for(condition: Callable[[], T | None], timeout_s: float, what: str) -> T:
+def wait_for(
+    condition: Callable[[], T | None], timeout_s: float, what: str, *, poll_s: float = 0.2
+) -> T:
     """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -61,7 +63,7 @@ def wait_for(condition: Callable[[], T | None], timeout_s: float, what: str) -> 
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(poll_s)
 
 
 def dev_accounts(n: int = N_ACCOUNTS) -> list[LocalAccount]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ from market.nonces import NonceAllocator
 from market.orchestrator import Orchestrator
 from market.services import start_anvil
 from market.tx import TxSender, TxSettings, TxStats, pending_count
+from tests.e2e.harness import wait_for
 
 # A receipt is polled this often: a fraction of the time between two blocks of the tests.
 POLL_S = 0.05
@@ -98,15 +98,8 @@ def pool_hashes(w3: Web3, address: str) -> list[str]:
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(POLL_S)
+    """:func:`tests.e2e.harness.wait_for`, polling as often as the sender here does."""
+    return wait_for(condition, timeout_s, what, poll_s=POLL_S)
 
 
 class Background:
