@@ -29,7 +29,7 @@ from web3 import Web3
 from web3.exceptions import Web3Exception
 
 from market import replay
-from market.chain import FactoryClient, MarketClient
+from market.chain import FactoryClient, MarketClient, connect
 from market.config import Settings, load_settings
 from market.datasets import BUILTIN_NAMES, Dataset, DatasetKind, load_builtin, load_dataset
 from market.encoding import decode_sample, validate_sample
@@ -127,7 +127,7 @@ def settings() -> Settings:
 
 
 def web3(config: Settings) -> Web3:
-    w3 = Web3(Web3.HTTPProvider(config.rpc_url, request_kwargs={"timeout": 30}))
+    w3 = connect(config.rpc_url)
     if not w3.is_connected():
         raise MarketError(f"no Ethereum node answers at MARKET_RPC_URL={config.rpc_url}")
     return w3

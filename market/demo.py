@@ -34,7 +34,7 @@ from web3 import Web3
 
 from market import replay
 from market import status as status_cache
-from market.chain import MarketClient
+from market.chain import MarketClient, connect
 from market.config import Settings, load_settings
 from market.encoding import decode_sample
 from market.errors import MarketError
@@ -230,7 +230,7 @@ class Demo:
         self.say(f"starting anvil ({config.block_time_s:g} s blocks)")
         node = start_anvil(block_time=config.block_time_s)
         try:
-            w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 30}))
+            w3 = connect(node.url)
             cache: redis.Redis = redis.Redis.from_url(self.redis_url)
             cache.flushdb()  # the demo's own database (see DEMO_REDIS_DB)
             base = Settings(

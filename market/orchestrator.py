@@ -23,7 +23,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from market import status as status_cache
-from market.chain import FactoryClient, MarketClient, MarketParams
+from market.chain import FactoryClient, MarketClient, MarketParams, connect
 from market.config import Settings, load_settings
 from market.errors import ChainError, MarketError, RpcUnavailable, VaultError
 from market.locks import Lease, market_lock
@@ -80,7 +80,7 @@ class Orchestrator:
         if settings.factory_address is None:
             raise MarketError("MARKET_FACTORY is not set: the factory whose markets to drive")
         self.settings = settings
-        self.w3 = w3 or Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 30}))
+        self.w3 = w3 or connect(settings.rpc_url)
         self.cache: redis.Redis = cache or redis.Redis.from_url(settings.redis_url)
         if account is None:
             if settings.operator_key is None:
@@ -94,6 +94,7 @@ class Orchestrator:
         self._vault: Vault | None = None
         self._sender: TxSender | None = None
         self._params_cache: dict[str, MarketParams] = {}
+        self._providers: dict[str, str] = {}
 
     @property
     def sender(self) -> TxSender:
@@ -183,9 +184,16 @@ class Orchestrator:
             self._params_cache[key] = market.params()
         return self._params_cache[key]
 
+    def _provider(self, market: MarketClient) -> str:
+        """A market's provider (lower-case), which never changes: read once per process."""
+        key = market.address.lower()
+        if key not in self._providers:
+            self._providers[key] = market.info().provider.lower()
+        return self._providers[key]
+
     def _provider_withdrawal_due(self, market: MarketClient) -> bool:
-        info = market.info()
-        if info.provider.lower() != self.account.address.lower():
+        """Whether our provider's withdrawal is still to send: one read once it is done."""
+        if self._provider(market) != self.account.address.lower() or market.provider_withdrawn():
             return False
         return (
             next_step(market, gas_cap=self.settings.tx_gas_cap, sender=self.account.address)

@@ -32,6 +32,9 @@ class Registry:
         self.factory = factory
         self.metadata_dir = metadata_dir
         self._key = PREFIX + factory.address.lower()
+        # Bindings are kept: building one parses the market's ABI (tens of milliseconds), and
+        # a reconcile needs every active market's.
+        self._clients: dict[str, MarketClient] = {}
 
     @property
     def w3(self) -> Web3:
@@ -67,7 +70,14 @@ class Registry:
 
     def client(self, address: str) -> MarketClient:
         """Bindings for a registered market, scanning its logs from its creation block."""
-        return MarketClient(self.w3, address, created_block=self.created_block(address) or 0)
+        key = address.lower()
+        if key in self._clients:
+            return self._clients[key]
+        created = self.created_block(address)
+        client = MarketClient(self.w3, address, created_block=created or 0)
+        if created is not None:  # an unknown creation block is looked up again next time
+            self._clients[key] = client
+        return client
 
     def mark_finished(self, address: str) -> None:
         self.cache.sadd(self._key + ":finished", address.lower())

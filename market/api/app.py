@@ -22,7 +22,6 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import UploadFile
 from starlette.types import Message
-from web3 import Web3
 
 from market.api.errors import ApiError, UploadTooLarge, install_handlers
 from market.api.fastpath import PollFastPath
@@ -41,7 +40,7 @@ from market.api.schemas import (
     MarketView,
 )
 from market.api.views import StatusReader, check_address, market_summary, market_view
-from market.chain import FactoryClient
+from market.chain import FactoryClient, connect
 from market.config import Settings
 from market.launch import launch_market
 from market.orchestrator import Orchestrator
@@ -88,7 +87,7 @@ class _Services:
         self.registry: Registry | None = None
         if settings.factory_address is not None:
             # Reads use only the registry's Redis keys; the Web3 object is never called here.
-            w3 = Web3(Web3.HTTPProvider(settings.rpc_url))
+            w3 = connect(settings.rpc_url)
             factory_client = FactoryClient(w3, settings.factory_address)
             self.registry = Registry(self.cache, factory_client, settings.vault_dir)
 
