@@ -37,6 +37,9 @@ def connect(rpc_url: str, *, timeout_s: float = 30) -> Web3:
         request_kwargs={"timeout": timeout_s},
         cache_allowed_requests=True,
         cacheable_requests=CACHED_REQUESTS,
+        # No reorg-depth check for what is cached (the chain id has none), and so no extra
+        # eth_chainId request to pick one.
+        request_cache_validation_threshold=None,
     )
     return Web3(provider)
 

@@ -73,6 +73,7 @@ def test_launch_then_orchestrate_to_collect(
         "launched_at": orchestrator.registry.metadata(launched.address)["launched_at"],  # type: ignore[index]
     }
     market = orchestrator.registry.client(launched.address)
+    assert orchestrator.registry.client(launched.address) is market  # bindings are reused
     # the service draws and reveals the public portion by itself
     while market.phase() == Phase.COMMITTED:
         mine(w3)
