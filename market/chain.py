@@ -206,6 +206,9 @@ class MarketClient:
         self.contract: Contract = w3.eth.contract(
             address=self.address, abi=load_artifact("PredictionMarket").abi
         )
+        # Fixed when the market is created: read once per client.
+        self._params: MarketParams | None = None
+        self._provider: str | None = None
 
     # ------------------------------------------------------------------ reads
 
@@ -213,7 +216,16 @@ class MarketClient:
         return Phase(self.contract.functions.phase().call(block_identifier=block))
 
     def params(self) -> MarketParams:
-        return MarketParams.from_tuple(self.contract.functions.params().call())
+        """The launch parameters, which never change: read once per client."""
+        if self._params is None:
+            self._params = MarketParams.from_tuple(self.contract.functions.params().call())
+        return self._params
+
+    def provider(self) -> str:
+        """The provider's address (lower-case), which never changes: read once per client."""
+        if self._provider is None:
+            self._provider = self.info().provider.lower()
+        return self._provider
 
     def info(self) -> MarketInfo:
         return MarketInfo(*self.contract.functions.info().call())

@@ -23,7 +23,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from market import status as status_cache
-from market.chain import FactoryClient, MarketClient, MarketParams, connect
+from market.chain import FactoryClient, MarketClient, connect
 from market.config import Settings, load_settings
 from market.errors import ChainError, MarketError, RpcUnavailable, VaultError
 from market.locks import Lease, market_lock
@@ -93,8 +93,6 @@ class Orchestrator:
         self.registry = Registry(self.cache, self.factory, settings.vault_dir)
         self._vault: Vault | None = None
         self._sender: TxSender | None = None
-        self._params_cache: dict[str, MarketParams] = {}
-        self._providers: dict[str, str] = {}
 
     @property
     def sender(self) -> TxSender:
@@ -177,23 +175,9 @@ class Orchestrator:
         self._refresh_withdrawals()
         return refreshed
 
-    def _params(self, market: MarketClient) -> MarketParams:
-        """A market's launch parameters, which never change: read once per process."""
-        key = market.address.lower()
-        if key not in self._params_cache:
-            self._params_cache[key] = market.params()
-        return self._params_cache[key]
-
-    def _provider(self, market: MarketClient) -> str:
-        """A market's provider (lower-case), which never changes: read once per process."""
-        key = market.address.lower()
-        if key not in self._providers:
-            self._providers[key] = market.info().provider.lower()
-        return self._providers[key]
-
     def _provider_withdrawal_due(self, market: MarketClient) -> bool:
         """Whether our provider's withdrawal is still to send: one read once it is done."""
-        if self._provider(market) != self.account.address.lower() or market.provider_withdrawn():
+        if market.provider() != self.account.address.lower() or market.provider_withdrawn():
             return False
         return (
             next_step(market, gas_cap=self.settings.tx_gas_cap, sender=self.account.address)
@@ -211,7 +195,7 @@ class Orchestrator:
         if phase in (Phase.REVEAL, Phase.REWARD):
             return True
         if phase == Phase.PARTICIPATION:
-            params = self._params(market)
+            params = market.params()
             count = market.contribution_stats()[0] if reads is None else reads[1]
             soon = now + self._lookahead_s() >= params.earliest_end
             return soon and count >= params.min_contributions
@@ -304,7 +288,7 @@ class Orchestrator:
         lookahead = self._lookahead_s()
         if lookahead <= 0 or market.phase() != Phase.PARTICIPATION:
             return
-        params = self._params(market)
+        params = market.params()
         count, _ = market.contribution_stats()
         if count < params.min_contributions:
             return
@@ -374,7 +358,7 @@ class Orchestrator:
         """
         if not self.vault.pending_path(root).exists():
             return False
-        if market.info().provider.lower() != self.account.address.lower():
+        if market.provider() != self.account.address.lower():
             return False
         self.vault.promote(root, market.address)
         self.registry.promote_metadata(root, market.address)
