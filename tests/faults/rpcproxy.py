@@ -17,7 +17,8 @@ it can fail single requests the way hosted RPC endpoints do:
   first byte, or after the headers and half of the body. The client cannot tell whether its
   request was carried out, which is the hard case for a sender.
 
-Faults are drawn from a seeded generator, so a run is repeatable up to thread scheduling.
+Whether a request gets a fault is drawn from a seeded generator, so a run is repeatable up to
+thread scheduling; the kinds are taken in turn, so any five errors include every error kind.
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ class RpcProxy:
         self.counts: Counter[str] = Counter()
         self.by_method: Counter[tuple[str, str]] = Counter()
         self._rng = random.Random(seed)
+        self._turns: Counter[str] = Counter()  # faults given so far, per family
         self._lock = threading.Lock()
         self._server: _Server | None = None
         self._local = threading.local()
@@ -211,8 +213,14 @@ class RpcProxy:
             if self._rng.random() >= f.rate(method):
                 return None, delay
             if self._rng.random() * (f.error_rate + f.drop_rate) < f.error_rate:
-                return self._rng.choice(f.error_kinds), delay
-            return self._rng.choice(f.drop_kinds), delay
+                return self._take_turn("error", f.error_kinds), delay
+            return self._take_turn("drop", f.drop_kinds), delay
+
+    def _take_turn(self, family: str, kinds: tuple[str, ...]) -> str:
+        """The next kind of ``family`` in rotation (called with the lock held)."""
+        kind = kinds[self._turns[family] % len(kinds)]
+        self._turns[family] += 1
+        return kind
 
     def count(self, what: str, method: str) -> None:
         with self._lock:
